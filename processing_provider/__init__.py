@@ -1,0 +1,1 @@
+"""Processing adapter of the THOR engine: parameters → specs, feedback → callables, errors → QgsProcessingException."""

@@ -1,0 +1,114 @@
+"""What every THOR algorithm shares: naming, icon, dependency checks, feedback and error adaptation."""
+import importlib.util
+import os
+from typing import Callable, Dict, Sequence, Tuple
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..thor_qgis.errors import ThorCanceled, ThorError
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# import name → what to tell the user to install
+INSTALL_HINTS: Dict[str, str] = {
+    "torch": "torch (the CPU build is enough: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
+    "ee": "earthengine-api (pip install earthengine-api)",
+    "osgeo": "GDAL's Python bindings (they come with QGIS)",
+}
+
+GROUP_RASTER = ("embed_raster", "Embeddings from a raster layer")
+GROUP_EE = ("embed_earthengine", "Embeddings from Earth Engine")
+GROUP_ANALYSIS = ("analysis", "Embedding analysis")
+
+
+def missing_modules(names: Sequence[str]) -> Tuple[str, ...]:
+    return tuple(n for n in names if importlib.util.find_spec(n) is None)
+
+
+class ThorAlgorithm(QgsProcessingAlgorithm):
+    """Base class. Subclasses set NAME, DISPLAY, GROUP, REQUIRES and HELP, and implement
+    ``initAlgorithm`` and ``run`` (which may raise the engine's ThorError freely)."""
+
+    NAME = ""
+    DISPLAY = ""
+    GROUP = GROUP_RASTER
+    REQUIRES: Tuple[str, ...] = ("osgeo",)
+    HELP = ""
+
+    # --- identity ------------------------------------------------------------------------
+    def tr(self, text):
+        return QCoreApplication.translate("ThorAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def name(self):
+        return self.NAME
+
+    def displayName(self):  # noqa: N802
+        return self.tr(self.DISPLAY)
+
+    def groupId(self):  # noqa: N802
+        return self.GROUP[0]
+
+    def group(self):
+        return self.tr(self.GROUP[1])
+
+    def shortHelpString(self):  # noqa: N802
+        text = self.tr(self.HELP)
+        missing = missing_modules(self.REQUIRES)
+        if missing:
+            text += "\n\n" + self.tr(self._missing_message(missing))
+        return text
+
+    def icon(self):
+        return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
+
+    def svgIconPath(self):  # noqa: N802
+        return os.path.join(PLUGIN_DIR, "resources", "icon.svg")
+
+    # --- dependencies --------------------------------------------------------------------
+    @staticmethod
+    def _missing_message(missing: Sequence[str]) -> str:
+        what = "; ".join(INSTALL_HINTS.get(m, m) for m in missing)
+        return (f"This algorithm needs the Python package(s) {', '.join(missing)}, which QGIS's Python "
+                f"cannot import. Install {what} into the Python that QGIS uses, then restart QGIS.")
+
+    def canExecute(self):  # noqa: N802
+        missing = missing_modules(self.REQUIRES)
+        if missing:
+            return False, self._missing_message(missing)
+        return True, ""
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        ok, message = self.canExecute()
+        if not ok:
+            raise QgsProcessingException(message)
+        return True
+
+    # --- running -------------------------------------------------------------------------
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        feedback = feedback or QgsProcessingFeedback()
+        try:
+            return self.run(parameters, context, feedback)
+        except ThorCanceled:
+            raise QgsProcessingException(self.tr("Canceled: no output was written.")) from None
+        except ThorError as e:
+            raise QgsProcessingException(str(e)) from None
+
+    def run(self, parameters, context, feedback) -> dict:
+        raise NotImplementedError
+
+
+def callbacks(feedback, start: float = 0.0, end: float = 100.0) -> Tuple[Callable[[float], None],
+                                                                         Callable[[], bool],
+                                                                         Callable[[str], None]]:
+    """(progress(fraction), is_canceled(), log(text)) for the engine, mapping 0..1 onto start..end %."""
+    span = end - start
+
+    def progress(fraction: float) -> None:
+        feedback.setProgress(start + span * max(0.0, min(1.0, float(fraction))))
+
+    return progress, feedback.isCanceled, feedback.pushInfo

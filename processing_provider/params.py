@@ -1,0 +1,224 @@
+"""Parameter building shared by the THOR algorithms, and their conversion to the engine's specs.
+
+Defaults are the reference adapter's; the ``RS_EMBED_THOR_*`` environment variables may change them
+(read when the algorithm is defined, which is cheap: no torch, no network). Explicit values win.
+"""
+from typing import Any, Dict, Optional, Tuple
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDateTime,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ..thor_qgis import specs
+from ..thor_qgis.errors import ThorConfigError
+
+MODEL_KEY = "MODEL_KEY"
+PRETRAINED = "PRETRAINED"
+CHECKPOINT = "CHECKPOINT"
+IMAGE_SIZE = "IMAGE_SIZE"
+PATCH_SIZE = "PATCH_SIZE"
+NORMALIZATION = "NORMALIZATION"
+DEVICE = "DEVICE"
+BACKEND = "BACKEND"
+BATCH_SIZE = "BATCH_SIZE"
+GROUP_MERGE = "GROUP_MERGE"
+POOLING = "POOLING"
+SCALE = "SCALE"
+FILL_VALUE = "FILL_VALUE"
+COLLECTION = "COLLECTION"
+CLOUDY_PCT = "CLOUDY_PCT"
+COMPOSITE = "COMPOSITE"
+START_DATE = "START_DATE"
+END_DATE = "END_DATE"
+FETCH_WORKERS = "FETCH_WORKERS"
+
+MODEL_KEYS = tuple(specs.MODEL_VARIANTS)
+
+
+def _advanced(param: QgsProcessingParameterDefinition, help_text: str = "") -> QgsProcessingParameterDefinition:
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    if help_text:
+        _help(param, help_text)
+    return param
+
+
+def _help(param: QgsProcessingParameterDefinition, text: str) -> QgsProcessingParameterDefinition:
+    if hasattr(param, "setHelp"):  # QGIS >= 3.16
+        param.setHelp(text)
+    return param
+
+
+def _enum(name: str, label: str, options, default: str, optional: bool = False) -> QgsProcessingParameterEnum:
+    p = QgsProcessingParameterEnum(name, label, options=list(options), allowMultiple=False,
+                                   defaultValue=default, optional=optional)
+    p.setUsesStaticStrings(True)
+    return p
+
+
+def _env_model_defaults() -> specs.ModelSpec:
+    try:
+        spec, _ = specs.model_spec_from_env()
+        return spec
+    except ThorConfigError:
+        # a bad RS_EMBED_THOR_* value must not break loading; it is reported when a run resolves it
+        return specs.ModelSpec()
+
+
+def add_model_params(alg, tr) -> None:
+    d = _env_model_defaults()
+    alg.addParameter(_help(_enum(MODEL_KEY, tr("THOR model"), MODEL_KEYS, d.model_key),
+                           tr("thor_v1_tiny (7.6 M parameters, D=192) … thor_v1_large (314 M, D=1024).")))
+    alg.addParameter(_help(QgsProcessingParameterBoolean(PRETRAINED, tr("Use the pretrained weights"),
+                                                         defaultValue=d.weights != "random"),
+                           tr("Off: random weights (for testing only; recorded in the output's metadata).")))
+    alg.addParameter(_help(QgsProcessingParameterFile(
+        CHECKPOINT, tr("Local checkpoint (.pt) instead of downloading the official weights"),
+        behavior=QgsProcessingParameterFile.File, extension="pt", defaultValue=d.checkpoint, optional=True),
+        tr("A THOR checkpoint in the hub's format (encoder.* keys, optionally under state_dict) or bare "
+           "encoder keys. Use it when this machine cannot reach the Hugging Face hub.")))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        IMAGE_SIZE, tr("Image size (pixels per tile side)"), QgsProcessingParameterNumber.Integer,
+        defaultValue=d.image_size, minValue=16, maxValue=4096),
+        tr("Each tile covers image size × scale metres (2880 m at 288 × 10 m).")))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        PATCH_SIZE, tr("Patch size"), QgsProcessingParameterNumber.Integer, defaultValue=d.patch_size,
+        minValue=1, maxValue=64), tr("16 is THOR's native patch size; other sizes resize the patch "
+                                     "kernels (FlexiViT). The token grid has image size / patch size cells.")))
+    alg.addParameter(_advanced(_enum(NORMALIZATION, tr("Normalization"), specs.NORMALIZATIONS,
+                                     d.normalization)))
+    alg.addParameter(_advanced(_enum(DEVICE, tr("Device"), specs.DEVICES, d.device)))
+    alg.addParameter(_advanced(_enum(BACKEND, tr("Backend"), specs.BACKENDS, d.backend),
+                               tr("builtin: the plugin's own encoder (needs only torch). terratorch: the "
+                                  "official TerraTorch THOR backbone, when installed. auto: terratorch "
+                                  "when importable, else builtin.")))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        BATCH_SIZE, tr("Tiles per batch"), QgsProcessingParameterNumber.Integer, defaultValue=d.batch_size,
+        minValue=1, maxValue=256)))
+
+
+def add_grid_output_params(alg, tr) -> None:
+    alg.addParameter(_help(_enum(GROUP_MERGE, tr("Group merge"), specs.GROUP_MERGES,
+                                 _safe(specs.default_group_merge, "mean")),
+                           tr("How the 10 m and 20 m band groups' token grids are combined: mean, sum, or "
+                              "concat (twice the channels).")))
+
+
+def add_pooling_param(alg, tr) -> None:
+    alg.addParameter(_enum(POOLING, tr("Pooling"), specs.POOLINGS, "mean"))
+
+
+def add_scale_fill_params(alg, tr) -> None:
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        SCALE, tr("Pixel size (m)"), QgsProcessingParameterNumber.Double, defaultValue=10.0, minValue=0.1),
+        tr("THOR reads Sentinel-2 at 10 m.")))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        FILL_VALUE, tr("Fill value"), QgsProcessingParameterNumber.Double, defaultValue=0.0),
+        tr("Value of pixels with no data (outside the imagery, masked).")))
+
+
+def add_sensor_params(alg, tr) -> None:
+    alg.addParameter(_advanced(QgsProcessingParameterString(
+        COLLECTION, tr("Earth Engine collection"), defaultValue=specs.DEFAULT_COLLECTION)))
+    alg.addParameter(QgsProcessingParameterNumber(
+        CLOUDY_PCT, tr("Maximum cloudy pixel percentage"), QgsProcessingParameterNumber.Double,
+        defaultValue=30.0, minValue=0.0, maxValue=100.0))
+    alg.addParameter(_enum(COMPOSITE, tr("Composite"), specs.COMPOSITES, "median"))
+    add_scale_fill_params(alg, tr)
+
+
+def add_temporal_params(alg, tr, start: str = "2024-06-01", end: str = "2024-09-01") -> None:
+    from qgis.PyQt.QtCore import QDate, QDateTime, QTime
+
+    for key, label, value in ((START_DATE, tr("Start date"), start), (END_DATE, tr("End date (exclusive)"), end)):
+        p = QgsProcessingParameterDateTime(key, label, type=QgsProcessingParameterDateTime.Date,
+                                           defaultValue=QDateTime(QDate.fromString(value, "yyyy-MM-dd"), QTime(0, 0)))
+        alg.addParameter(p)
+
+
+def add_fetch_workers_param(alg, tr) -> None:
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        FETCH_WORKERS, tr("Parallel requests"), QgsProcessingParameterNumber.Integer,
+        defaultValue=_safe(specs.default_fetch_workers, 8), minValue=1, maxValue=40),
+        tr("Earth Engine requests in flight at once (the service allows 40 per project).")))
+
+
+def _safe(fn, fallback):
+    try:
+        return fn()
+    except ThorConfigError:
+        return fallback
+
+
+# --- parameters → specs ------------------------------------------------------------------
+
+
+def _enum_value(alg, parameters, name, context) -> str:
+    return alg.parameterAsEnumString(parameters, name, context)
+
+
+def model_spec(alg, parameters, context) -> specs.ModelSpec:
+    checkpoint = alg.parameterAsFile(parameters, CHECKPOINT, context) or None
+    pretrained = alg.parameterAsBool(parameters, PRETRAINED, context)
+    if checkpoint:
+        weights = "checkpoint"
+    else:
+        weights = "hub" if pretrained else "random"
+    return to_spec(specs.ModelSpec,
+                   model_key=_enum_value(alg, parameters, MODEL_KEY, context),
+                   weights=weights, checkpoint=checkpoint,
+                   image_size=alg.parameterAsInt(parameters, IMAGE_SIZE, context),
+                   patch_size=alg.parameterAsInt(parameters, PATCH_SIZE, context),
+                   normalization=_enum_value(alg, parameters, NORMALIZATION, context),
+                   device=_enum_value(alg, parameters, DEVICE, context),
+                   backend=_enum_value(alg, parameters, BACKEND, context),
+                   batch_size=alg.parameterAsInt(parameters, BATCH_SIZE, context))
+
+
+def grid_output_spec(alg, parameters, context) -> specs.OutputSpec:
+    return to_spec(specs.OutputSpec, kind="grid", group_merge=_enum_value(alg, parameters, GROUP_MERGE, context))
+
+
+def pooled_output_spec(alg, parameters, context) -> specs.OutputSpec:
+    return to_spec(specs.OutputSpec, kind="pooled", pooling=_enum_value(alg, parameters, POOLING, context))
+
+
+def sensor_spec(alg, parameters, context, earth_engine: bool = True) -> specs.SensorSpec:
+    values: Dict[str, Any] = dict(scale_m=alg.parameterAsDouble(parameters, SCALE, context),
+                                  fill_value=alg.parameterAsDouble(parameters, FILL_VALUE, context))
+    if earth_engine:
+        values.update(collection=alg.parameterAsString(parameters, COLLECTION, context),
+                      cloudy_pct=alg.parameterAsDouble(parameters, CLOUDY_PCT, context),
+                      composite=_enum_value(alg, parameters, COMPOSITE, context))
+    return to_spec(specs.SensorSpec, **values)
+
+
+def temporal_spec(alg, parameters, context) -> specs.TemporalSpec:
+    start = alg.parameterAsDateTime(parameters, START_DATE, context)
+    end = alg.parameterAsDateTime(parameters, END_DATE, context)
+    if not start.isValid() or not end.isValid():
+        raise QgsProcessingException("Give a start date and an end date (YYYY-MM-DD).")
+    return to_spec(specs.TemporalSpec, start=start.date().toString("yyyy-MM-dd"),
+                   end=end.date().toString("yyyy-MM-dd"))
+
+
+def to_spec(cls, **values):
+    try:
+        return cls(**values)
+    except ThorConfigError as e:
+        raise QgsProcessingException(str(e)) from None
+
+
+def check_model_values(alg, parameters, context) -> Tuple[bool, Optional[str]]:
+    """For ``checkParameterValues``: the cross-field checks of the model spec, before anything runs."""
+    try:
+        model_spec(alg, parameters, context)
+        return True, None
+    except QgsProcessingException as e:
+        return False, str(e)
