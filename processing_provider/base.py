@@ -29,7 +29,7 @@ def missing_modules(names: Sequence[str]) -> Tuple[str, ...]:
 
 class ThorAlgorithm(QgsProcessingAlgorithm):
     """Base class. Subclasses set NAME, DISPLAY, GROUP, REQUIRES and HELP, and implement
-    ``initAlgorithm`` and ``run`` (which may raise the engine's ThorError freely)."""
+    ``initAlgorithm`` and ``execute`` (which may raise the engine's ThorError freely)."""
 
     NAME = ""
     DISPLAY = ""
@@ -92,13 +92,13 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         feedback = feedback or QgsProcessingFeedback()
         try:
-            return self.run(parameters, context, feedback)
+            return self.execute(parameters, context, feedback)
         except ThorCanceled:
             raise QgsProcessingException(self.tr("Canceled: no output was written.")) from None
         except ThorError as e:
             raise QgsProcessingException(str(e)) from None
 
-    def run(self, parameters, context, feedback) -> dict:
+    def execute(self, parameters, context, feedback) -> dict:
         raise NotImplementedError
 
 

@@ -1,0 +1,139 @@
+"""THOR grid from a raster layer: a georeferenced multiband GeoTIFF of token embeddings."""
+import re
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingMultiStepFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from . import params as P
+from .base import GROUP_RASTER, ThorAlgorithm, callbacks
+from .engine_run import open_embedder, provenance, resolve_common
+from .styling import GRID_STYLER, attach
+
+INPUT = "INPUT"
+BAND_MAP = "BAND_MAP"
+EXTENT = "EXTENT"
+DN_OFFSET = "DN_OFFSET"
+OUTPUT = "OUTPUT"
+
+
+def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sentinel-2 raster") -> None:
+    alg.addParameter(QgsProcessingParameterRasterLayer(layer_param, tr(label)))
+    p = QgsProcessingParameterString(BAND_MAP, tr("Band mapping (10 band numbers for B2 B3 B4 B5 B6 B7 B8 B8A "
+                                                  "B11 B12; empty: the raster's own order)"),
+                                     defaultValue="", optional=True)
+    P._help(p, tr("For a 12-band L2A stack (B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B11 B12) use 2,3,4,5,6,7,8,9,11,12; "
+                  "for a 13-band L1C stack 2,3,4,5,6,7,8,9,12,13."))
+    alg.addParameter(p)
+    alg.addParameter(P._help(QgsProcessingParameterNumber(
+        DN_OFFSET, tr("Offset added to the pixel values"), QgsProcessingParameterNumber.Double, defaultValue=0.0),
+        tr("Sentinel-2 L2A products of processing baseline 04.00 or later (since January 2022) store "
+           "reflectance × 10000 + 1000: use −1000 for them.")))
+
+
+def raster_source_for(alg, parameters, context, log, scale_m: float, fill_value: float, layer_param: str = INPUT):
+    from ..thor_qgis.raster_source import RasterSource, parse_band_map
+
+    layer = alg.parameterAsRasterLayer(parameters, layer_param, context)
+    if layer is None:
+        raise QgsProcessingException("The raster layer could not be loaded.")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"The raster layer '{layer.name()}' is not a file GDAL can read (provider {layer.providerType()}); "
+            "save it as a GeoTIFF first.")
+    band_map = parse_band_map(alg.parameterAsString(parameters, BAND_MAP, context))
+    source = RasterSource(layer.source(), band_map=band_map,
+                          dn_offset=alg.parameterAsDouble(parameters, DN_OFFSET, context),
+                          scale_m=scale_m, fill_value=fill_value, log=log)
+    return layer, source
+
+
+def extent_of(alg, parameters, context, layer):
+    """The extent parameter in the layer's CRS, or None for the layer's own; inverted input is refused."""
+    raw = parameters.get(EXTENT)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, str):
+        nums = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", raw.split("[")[0])
+        if len(nums) >= 4:
+            xmin, xmax, ymin, ymax = (float(v) for v in nums[:4])
+            if not (xmax > xmin and ymax > ymin):
+                raise QgsProcessingException(
+                    f"The extent is empty or inverted (xmin={xmin:g}, xmax={xmax:g}, ymin={ymin:g}, ymax={ymax:g}).")
+    rect = alg.parameterAsExtent(parameters, EXTENT, context, layer.crs())
+    if rect.isNull():
+        return None
+    if not (rect.width() > 0 and rect.height() > 0):
+        raise QgsProcessingException("The extent is empty: it has no width or no height.")
+    return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
+
+
+class RasterGridAlgorithm(ThorAlgorithm):
+    NAME = "grid_from_raster"
+    DISPLAY = "THOR grid from raster layer"
+    GROUP = GROUP_RASTER
+    REQUIRES = ("osgeo", "torch")
+    HELP = ("Runs THOR on a Sentinel-2 surface reflectance raster and writes its token grid as a georeferenced "
+            "GeoTIFF: one float32 band per embedding channel (thor_000, thor_001, …).\n\n"
+            "The area (the layer's extent, or the extent given) is cut into tiles of image size × pixel size "
+            "metres (2880 m by default) from its top-left corner. Each tile gives an n × n grid (18 × 18 at "
+            "patch size 16), so output pixels are 160 m. A 10 m raster in a metric CRS is read at its own "
+            "pixels; any other raster is warped to 10 m first (in the local UTM zone when not metric). "
+            "The run's configuration and the weights used are stored in the file's metadata (THOR_CONFIG).")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        add_raster_input_params(self, self.tr)
+        self.addParameter(QgsProcessingParameterExtent(EXTENT, self.tr("Extent (default: the layer's)"),
+                                                       optional=True))
+        P.add_model_params(self, self.tr)
+        P.add_grid_output_params(self, self.tr)
+        P.add_scale_fill_params(self, self.tr)
+        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr("THOR grid")))
+        for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"),
+                           ("BANDS", "Embedding channels"), ("TILES", "Tiles")):
+            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, msg = P.check_model_values(self, parameters, context)
+        if not ok:
+            return ok, msg
+        return super().checkParameterValues(parameters, context)
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
+        if getattr(self, "_dest", None):
+            attach(context, self._dest, GRID_STYLER)
+        return {}
+
+    def execute(self, parameters, context, feedback):
+        from ..thor_qgis import pipeline
+
+        steps = QgsProcessingMultiStepFeedback(2, feedback)
+        model, output, sensor = resolve_common(self, parameters, context, grid=True)
+        layer, source = raster_source_for(self, parameters, context, feedback.pushInfo, sensor.scale_m,
+                                          sensor.fill_value)
+        area = source.area(extent_of(self, parameters, context, layer), layer.crs().toWkt())
+        layout = source.layout(area, model.image_size, model.grid_side())
+        dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
+        feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
+                          f"{layout.tiles_y}); output pixels {layout.output_pixel_size():g} m.")
+        embedder = open_embedder(model, sensor.scale_m, steps)
+        steps.setCurrentStep(1)
+        progress, is_canceled, log = callbacks(steps)
+        record = provenance(model, output, sensor, source={
+            "kind": "raster", "path": source.path, "band_map": list(source.band_map),
+            "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled})
+        result = pipeline.write_grid(layout, source.tiles(layout), embedder, output.group_merge, dest,
+                                     metadata=record, fill_value=sensor.fill_value, progress=progress,
+                                     is_canceled=is_canceled, log=log)
+        feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
+                          f"{result.band_count} bands.")
+        self._dest = dest
+        return {OUTPUT: dest, "WIDTH": result.width, "HEIGHT": result.height, "BANDS": result.band_count,
+                "TILES": result.tiles}

@@ -1,0 +1,135 @@
+"""Pooled THOR embeddings for the features of a vector layer, from a raster layer."""
+import json
+
+from qgis.core import (
+    QgsFeature,
+    QgsFeatureSink,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingMultiStepFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+)
+
+from . import params as P
+from .alg_raster_grid import add_raster_input_params, raster_source_for
+from .base import GROUP_RASTER, ThorAlgorithm, callbacks
+from .engine_run import open_embedder, resolve_common
+from .features import feature_square, output_fields, status_for, to_crs
+
+FEATURES = "FEATURES"
+RASTER = "INPUT"
+BUFFER = "BUFFER"
+OUTPUT = "OUTPUT"
+
+
+def add_buffer_param(alg, tr) -> None:
+    alg.addParameter(P._help(QgsProcessingParameterNumber(
+        BUFFER, tr("Half side of the square around points (m; empty: half a tile, 1440 m by default)"),
+        QgsProcessingParameterNumber.Double, defaultValue=None, optional=True, minValue=1.0),
+        tr("Points take a square of side 2 × this around them; polygons and lines their bounding square. "
+           "Half a tile (image size × pixel size / 2) reads the imagery with no resampling.")))
+
+
+def buffer_m(alg, parameters, context, model, sensor) -> float:
+    value = parameters.get(BUFFER)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return model.ground_cover_m(sensor.scale_m) / 2.0
+    return alg.parameterAsDouble(parameters, BUFFER, context)
+
+
+def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, model, output, sensor, read_square,
+                          steps_done: int = 1, steps_total: int = 2):
+    """Shared by the raster and Earth Engine pooled algorithms: read each feature's square through
+    ``read_square(bounds) -> (array or None, valid_fraction)``, embed in batches, write the sink."""
+    from ..thor_qgis import pipeline
+
+    steps = QgsProcessingMultiStepFeedback(steps_total, feedback)
+    steps.setCurrentStep(steps_done - 1)
+    embedder = open_embedder(model, sensor.scale_m, steps)
+    steps.setCurrentStep(steps_done)
+    progress, is_canceled, _ = callbacks(steps)
+    dim = embedder.metadata["embed_dim"]
+    fields = output_fields(source.fields(), dim)
+    sink, dest = alg.parameterAsSink(parameters, OUTPUT, context, fields, source.wkbType(), source.sourceCrs())
+    if sink is None:
+        raise QgsProcessingException(alg.invalidSinkError(parameters, OUTPUT))
+    transform = to_crs(source.sourceCrs(), crs_wkt, context)
+    half = buffer_m(alg, parameters, context, model, sensor)
+    weights = json.dumps(embedder.metadata.get("weights", {}), sort_keys=True)
+    total = max(1, source.featureCount())
+    statuses = {}
+
+    def inputs():
+        for feature in source.getFeatures():
+            if is_canceled():
+                break
+            square, reason = feature_square(feature, transform, half)
+            if square is None:
+                statuses[feature.id()] = reason
+                yield feature, None
+                continue
+            arr, valid = read_square(square)
+            statuses[feature.id()] = status_for(valid)
+            yield feature, (arr if valid > 0 else None)
+
+    counts = {"ok": 0, "other": 0}
+    for i, (feature, vector) in enumerate(pipeline.pooled_batches(inputs(), embedder, output.pooling, is_canceled)):
+        out = QgsFeature(fields)
+        out.setGeometry(feature.geometry())
+        attrs = list(feature.attributes()) + [embedder.metadata.get("model_key"), weights,
+                                              statuses.get(feature.id(), "")]
+        attrs += [float(v) for v in vector] if vector is not None else [None] * dim
+        out.setAttributes(attrs)
+        sink.addFeature(out, QgsFeatureSink.FastInsert)
+        counts["ok" if vector is not None else "other"] += 1
+        progress((i + 1) / total)
+    if is_canceled():
+        from ..thor_qgis.errors import ThorCanceled
+
+        raise ThorCanceled("canceled")
+    feedback.pushInfo(f"{counts['ok']} feature(s) embedded, {counts['other']} without an embedding "
+                      f"(see the {'thor_status'} field).")
+    return dest, counts
+
+
+class RasterPooledAlgorithm(ThorAlgorithm):
+    NAME = "pooled_from_raster"
+    DISPLAY = "Pooled THOR embeddings for features (raster layer)"
+    GROUP = GROUP_RASTER
+    REQUIRES = ("osgeo", "torch")
+    HELP = ("For each feature, runs THOR on a square of a Sentinel-2 raster (points: a square of side 2 × "
+            "buffer around them; polygons and lines: their bounding square) and pools the tokens into one "
+            "vector. The output keeps the input attributes and adds thor_model, thor_weights, thor_status and "
+            "one field per embedding dimension (thor_000, …). A feature outside the raster gets a status "
+            "saying so and empty embedding fields.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            FEATURES, self.tr("Features (points or polygons)"),
+            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorLine]))
+        add_raster_input_params(self, self.tr, RASTER)
+        add_buffer_param(self, self.tr)
+        P.add_model_params(self, self.tr)
+        P.add_pooling_param(self, self.tr)
+        P.add_scale_fill_params(self, self.tr)
+        self.addParameter(QgsProcessingParameterFeatureSink(OUTPUT, self.tr("Pooled THOR embeddings")))
+        self.addOutput(QgsProcessingOutputNumber("EMBEDDED", self.tr("Features embedded")))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, msg = P.check_model_values(self, parameters, context)
+        return (ok, msg) if not ok else super().checkParameterValues(parameters, context)
+
+    def execute(self, parameters, context, feedback):
+        model, output, sensor = resolve_common(self, parameters, context, grid=False)
+        source = self.parameterAsSource(parameters, FEATURES, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, FEATURES))
+        _, raster = raster_source_for(self, parameters, context, feedback.pushInfo, sensor.scale_m,
+                                      sensor.fill_value, RASTER)
+        dest, counts = write_pooled_features(
+            self, parameters, context, feedback, source, raster.crs, model, output, sensor,
+            lambda square: raster.read_box(square, model.image_size))
+        return {OUTPUT: dest, "EMBEDDED": counts["ok"]}

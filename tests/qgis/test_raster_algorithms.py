@@ -1,0 +1,215 @@
+"""THOR grid and pooled embeddings from a local raster: numbers, georeferencing, errors."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+from qgis.core import (
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from tests.conftest import FIXTURE_CKPT, FIXTURE_INPUT, FIXTURE_OUTPUTS, need_fixtures, run_qgis_process
+from tests.helpers import epsg_of, read_raster, write_raster
+
+TINY = {"MODEL_KEY": "thor_v1_tiny", "CHECKPOINT": str(FIXTURE_CKPT)}
+
+
+@pytest.fixture(scope="module")
+def fixtures():
+    need_fixtures()
+    return np.load(FIXTURE_INPUT), np.load(FIXTURE_OUTPUTS)
+
+
+@pytest.fixture(scope="module")
+def fixture_raster(tmp_path_factory, fixtures):
+    """288 x 288 px at 10 m holding the fixture's first input (B2..B12)."""
+    x, _ = fixtures
+    path = tmp_path_factory.mktemp("fx") / "fixture_s2.tif"
+    return write_raster(path, x[0], (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+
+
+def run(alg, params):
+    import processing
+
+    return processing.run(f"thor:{alg}", params)
+
+
+def test_grid_equals_fixture_grid_mean(plugin, fixtures, fixture_raster, tmp_path):
+    _, ref = fixtures
+    out = tmp_path / "grid.tif"
+    res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "OUTPUT": str(out)})
+    assert res["OUTPUT"] == str(out) and res["BANDS"] == 192 and res["TILES"] == 1
+    arr, gt, wkt, ds = read_raster(out)
+    assert arr.shape == (192, 18, 18)
+    np.testing.assert_allclose(arr, ref["grid_mean"][0], atol=1e-4, rtol=0)
+    assert gt == (600000.0, 160.0, 0.0, 5100000.0, 0.0, -160.0)
+    assert epsg_of(wkt) == 32633
+    assert ds.GetRasterBand(1).GetDescription() == "thor_000"
+    assert ds.GetRasterBand(192).GetDescription() == "thor_191"
+    cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
+    assert cfg["model"]["model_key"] == "thor_v1_tiny"
+    assert cfg["engine"]["weights"]["source"] == "checkpoint"
+    assert cfg["engine"]["weights"]["sha256"]
+    assert cfg["ground_cover_m"] == 2880.0
+    assert cfg["output"]["group_merge"] == "mean"
+    assert cfg["grid"]["pixel_size_m"] == 160.0
+    assert cfg["source"]["path"] == fixture_raster
+
+
+def test_grid_concat_and_sum_channels(plugin, fixtures, fixture_raster, tmp_path):
+    _, ref = fixtures
+    for merge, key in (("concat", "grid_concat"), ("sum", "grid_sum")):
+        out = tmp_path / f"grid_{merge}.tif"
+        res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "GROUP_MERGE": merge, "OUTPUT": str(out)})
+        arr, *_ = read_raster(out)
+        assert res["BANDS"] == ref[key].shape[1]
+        np.testing.assert_allclose(arr, ref[key][0], atol=1e-4, rtol=0)
+
+
+def test_pooled_point_at_centre_equals_fixture(plugin, fixtures, fixture_raster, tmp_path):
+    _, ref = fixtures
+    pts = QgsVectorLayer("Point?crs=EPSG:32633&field=name:string", "pts", "memory")
+    feats = []
+    for name, (x, y) in (("centre", (601440.0, 5098560.0)), ("far away", (700000.0, 5000000.0))):
+        f = QgsFeature(pts.fields())
+        f.setAttributes([name])
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+        feats.append(f)
+    pts.dataProvider().addFeatures(feats)
+    out = str(tmp_path / "pooled.gpkg")
+    res = run("pooled_from_raster", {"FEATURES": pts, "INPUT": fixture_raster, **TINY, "OUTPUT": out})
+    assert res["EMBEDDED"] == 1
+    layer = QgsVectorLayer(res["OUTPUT"], "pooled", "ogr")
+    rows = {f["name"]: f for f in layer.getFeatures()}
+    centre = rows["centre"]
+    vec = np.array([centre[f"thor_{i:03d}"] for i in range(192)])
+    np.testing.assert_allclose(vec, ref["pooled_mean"][0], atol=1e-4, rtol=0)
+    assert centre["thor_status"] == "ok" and centre["thor_model"] == "thor_v1_tiny"
+    assert json.loads(centre["thor_weights"])["source"] == "checkpoint"
+    far = rows["far away"]
+    assert far["thor_status"].startswith("outside raster")
+    assert far["thor_000"] is None or (isinstance(far["thor_000"], float) and math.isnan(far["thor_000"])) \
+        or str(far["thor_000"]) == "NULL"
+
+
+def test_georeferencing_of_size_not_multiple_of_tile(plugin, tmp_path):
+    # 300 x 200 px at 10 m: 3000 m x 2000 m → 2 x 1 tiles of 2880 m, output 36 x 18 px of 160 m
+    rng = np.random.default_rng(0)
+    data = rng.uniform(100, 3000, (10, 200, 300)).astype(np.float32)
+    src = write_raster(tmp_path / "odd.tif", data, (350010.0, 10.0, 0.0, 4200000.0, 0.0, -10.0), epsg=32631)
+    out = tmp_path / "odd_grid.tif"
+    res = run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    arr, gt, wkt, _ = read_raster(out)
+    assert (res["WIDTH"], res["HEIGHT"], res["TILES"]) == (36, 18, 2)
+    assert arr.shape == (192, 18, 36)
+    assert gt == (350010.0, 160.0, 0.0, 4200000.0, 0.0, -160.0)
+    assert epsg_of(wkt) == 32631
+    assert np.isfinite(arr).all()
+
+
+def test_georeferencing_of_a_custom_extent(plugin, sample_raster, tmp_path):
+    # an extent that starts mid-pixel snaps outwards onto the raster's 10 m grid
+    out = tmp_path / "ext.tif"
+    extent = "501234.5,503000,4996100,4999001.2 [EPSG:32632]"
+    res = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "EXTENT": extent, "OUTPUT": str(out)})
+    _, gt, _, _ = read_raster(out)
+    assert gt == (501230.0, 160.0, 0.0, 4999010.0, 0.0, -160.0)
+    assert (res["WIDTH"], res["HEIGHT"]) == (18, 36)  # 1770 m wide → 1 tile; 2910 m high → 2 tiles
+
+
+def test_georeferencing_of_a_geographic_input(plugin, tmp_path):
+    # EPSG:4326 input near 9.5°E 45.5°N: warped to 10 m in UTM 32N, tiles on that 10 m grid
+    rng = np.random.default_rng(1)
+    data = rng.uniform(100, 3000, (10, 120, 150)).astype(np.float32)
+    src = write_raster(tmp_path / "geo.tif", data, (9.48, 0.0002, 0.0, 45.51, 0.0, -0.0002), epsg=4326)
+    out = tmp_path / "geo_grid.tif"
+    run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    arr, gt, wkt, _ = read_raster(out)
+    assert epsg_of(wkt) == 32632
+    assert gt[1] == 160.0 and gt[5] == -160.0 and gt[2] == gt[4] == 0.0
+    # the origin is the top-left corner of the raster's footprint in UTM, on the 10 m grid
+    s, d = osr.SpatialReference(), osr.SpatialReference()
+    s.ImportFromEPSG(4326)
+    d.ImportFromEPSG(32632)
+    for r in (s, d):
+        r.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ct = osr.CoordinateTransformation(s, d)
+    corners = [ct.TransformPoint(lon, lat)[:2] for lon in (9.48, 9.51) for lat in (45.486, 45.51)]
+    xmin = min(c[0] for c in corners)
+    ymax = max(c[1] for c in corners)
+    assert gt[0] % 10 == 0 and gt[3] % 10 == 0
+    assert xmin - 10 <= gt[0] <= xmin + 0.5
+    assert ymax - 0.5 <= gt[3] <= ymax + 10
+    # footprint ≈ 2340 m x 2670 m → one tile
+    assert arr.shape == (192, 18, 18)
+
+
+def test_band_mapping_picks_bands_from_a_12_band_stack(plugin, fixtures, tmp_path):
+    x, ref = fixtures
+    # B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B11 B12: put junk in B1 and B9
+    stack = np.concatenate([np.full((1, 288, 288), 7777, np.float32), x[0][:8], np.full((1, 288, 288), 5555, np.float32),
+                            x[0][8:]])
+    src = write_raster(tmp_path / "s12.tif", stack, (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+    out = tmp_path / "g12.tif"
+    run("grid_from_raster", {"INPUT": src, "BAND_MAP": "2,3,4,5,6,7,8,9,11,12", **TINY, "OUTPUT": str(out)})
+    arr, *_ = read_raster(out)
+    np.testing.assert_allclose(arr, ref["grid_mean"][0], atol=1e-4, rtol=0)
+
+
+def test_dn_offset_is_applied(plugin, fixtures, tmp_path):
+    x, ref = fixtures
+    src = write_raster(tmp_path / "off.tif", x[0] + 1000.0, (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+    out = tmp_path / "off_grid.tif"
+    run("grid_from_raster", {"INPUT": src, "DN_OFFSET": -1000, **TINY, "OUTPUT": str(out)})
+    arr, *_ = read_raster(out)
+    np.testing.assert_allclose(arr, ref["grid_mean"][0], atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("wrong band count", {}, "has 5 band(s); THOR needs 10"),
+    ("band map out of range", {"BAND_MAP": "1,2,3,4,5,6,7,8,9,14"}, "out of range"),
+    ("band map too short", {"BAND_MAP": "1,2,3"}, "needs 10"),
+    ("inverted extent", {"EXTENT": "600500,600100,5099000,5099800 [EPSG:32633]"}, "empty or inverted"),
+    ("empty extent", {"EXTENT": "600100,600100,5099000,5099800 [EPSG:32633]"}, "empty"),
+    ("extent outside", {"EXTENT": "700000,701000,5000000,5001000 [EPSG:32633]"}, "outside the raster"),
+    ("unreadable checkpoint", {"CHECKPOINT": "__BAD__"}, "checkpoint"),
+    ("invalid group merge", {"GROUP_MERGE": "max"}, "GROUP_MERGE"),
+    ("image size vs patch", {"IMAGE_SIZE": 100}, "not divisible by the patch size"),
+])
+def test_bad_inputs_fail_clearly_and_leave_nothing(plugin, fixture_raster, tmp_path, case, extra, message):
+    src = fixture_raster
+    if case in ("wrong band count", "band map out of range", "band map too short"):
+        n = 5 if case == "wrong band count" else 13
+        src = write_raster(tmp_path / "bands.tif", np.ones((n, 32, 32), np.float32) * 500,
+                           (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+    params = {"INPUT": src, **TINY, "OUTPUT": str(tmp_path / "out.tif")}
+    if extra.get("CHECKPOINT") == "__BAD__":
+        bad = tmp_path / "broken.pt"
+        bad.write_bytes(b"this is not a checkpoint")
+        extra = {"CHECKPOINT": str(bad)}
+    params.update(extra)
+    with pytest.raises(QgsProcessingException) as e:
+        run("grid_from_raster", params)
+    assert message in str(e.value)
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith("out") or p.startswith(".out")]
+    assert leftovers == []
+
+
+def test_qgis_process_runs_grid(plugin, sample_raster, tmp_path):
+    out = tmp_path / "qp_grid.tif"
+    r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"INPUT={sample_raster}",
+                         "MODEL_KEY=thor_v1_tiny", f"CHECKPOINT={FIXTURE_CKPT}", f"OUTPUT={out}")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    res = doc["results"]
+    assert res["OUTPUT"] == str(out)
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 4)
+    ds = gdal.Open(str(out))
+    assert ds.RasterCount == 192 and (ds.RasterXSize, ds.RasterYSize) == (36, 36)

@@ -1,0 +1,158 @@
+"""Streaming runs: tiles of imagery in, a georeferenced token-grid GeoTIFF or pooled vectors out.
+
+The imagery source is any iterator of ``(tile, [10, S, S] array)`` or ``(tile, array, valid_fraction)``
+(a local raster, or Earth Engine fetches running ahead in threads). Tiles go through the model in
+batches and each tile's ``n x n`` grid is written into its window of the output: neither the mosaic of
+imagery nor the output is ever held in memory whole.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import gdal_io
+from .errors import ThorCanceled
+from .tiling import Tile, TileLayout
+
+GRID_NODATA = -9999.0
+
+
+@dataclass
+class GridResult:
+    path: str
+    width: int
+    height: int
+    band_count: int
+    tiles: int
+    tiles_embedded: int
+    geotransform: Tuple[float, ...]
+    crs_wkt: str
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+
+def _never() -> bool:
+    return False
+
+
+def _items(source: Iterable[tuple]) -> Iterator[Tuple[Tile, np.ndarray, Optional[float]]]:
+    for item in source:
+        if len(item) == 2:
+            yield item[0], item[1], None
+        else:
+            yield item[0], item[1], item[2]
+
+
+def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merge: str, path: str,
+               metadata: Optional[Dict[str, Any]] = None, fill_value: float = 0.0,
+               progress: Optional[Callable[[float], None]] = None,
+               is_canceled: Optional[Callable[[], bool]] = None,
+               log: Optional[Callable[[str], None]] = None) -> GridResult:
+    """Embed every tile of ``layout`` and write the token grids to the GeoTIFF ``path``.
+
+    Tiles with no valid pixel are not embedded; their window is nodata (``GRID_NODATA``).
+    On an error or a cancel, no file is left at ``path``.
+    """
+    is_canceled = is_canceled or _never
+    progress = progress or (lambda _f: None)
+    log = log or (lambda _m: None)
+    channels = embedder.grid_channels(group_merge)
+    n = embedder.grid_side()
+    if n != layout.grid_side:
+        raise ValueError(f"layout grid side {layout.grid_side} != model grid side {n}")
+    width, height = layout.output_size()
+    record: Dict[str, Any] = dict(metadata or {})
+    record.setdefault("engine", {}).update(embedder.metadata)
+    record["grid"] = dict(embedder.grid_info(group_merge), tiles_x=layout.tiles_x, tiles_y=layout.tiles_y,
+                          tile_size_m=layout.tile_size_m, pixel_size_m=layout.output_pixel_size(),
+                          area=list(layout.area), origin=[layout.origin_x, layout.origin_y])
+    batch_size = max(1, int(getattr(embedder, "batch_size", 4)))
+    embedded = 0
+    done = 0
+    total = layout.n_tiles
+    items = {
+        "THOR_MODEL": embedder.metadata.get("model_key", ""),
+        "THOR_WEIGHTS": json.dumps(embedder.metadata.get("weights", {}), sort_keys=True),
+        "THOR_GROUP_MERGE": group_merge,
+    }
+    with gdal_io.GeoTiffWriter(path, width, height, channels, layout.output_geotransform(), _wkt(layout.crs),
+                               nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels)) as out:
+        pending: List[Tuple[Tile, np.ndarray]] = []
+
+        def flush() -> None:
+            nonlocal embedded
+            if not pending:
+                return
+            if is_canceled():
+                raise ThorCanceled("canceled")
+            grids = embedder.grid(np.stack([a for _, a in pending]), group_merge=group_merge)
+            for (tile, _), g in zip(pending, grids):
+                xoff, yoff, _, _ = layout.output_window(tile)
+                out.write(g, xoff, yoff)
+            embedded += len(pending)
+            pending.clear()
+
+        for tile, arr, valid in _items(source):
+            if is_canceled():
+                raise ThorCanceled("canceled")
+            if valid is None:
+                valid = float(np.mean(np.any(arr != fill_value, axis=0)))
+            if valid > 0:
+                pending.append((tile, arr))
+            done += 1
+            if len(pending) >= batch_size:
+                flush()
+            progress(done / total)
+        flush()
+        record["grid"]["tiles_embedded"] = embedded
+        record["grid"]["tiles_without_data"] = total - embedded
+        out.set_metadata({gdal_io.CONFIG_KEY: record, **items})
+        if total - embedded:
+            log(f"{total - embedded} of {total} tile(s) have no valid pixel: left as nodata.")
+    progress(1.0)
+    return GridResult(path=out.path, width=width, height=height, band_count=channels, tiles=total,
+                      tiles_embedded=embedded, geotransform=layout.output_geotransform(),
+                      crs_wkt=_wkt(layout.crs), metadata=record)
+
+
+def pooled_batches(items: Iterable[Tuple[Any, Optional[np.ndarray]]], embedder, pooling: str,
+                   is_canceled: Optional[Callable[[], bool]] = None
+                   ) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:
+    """For each ``(key, array or None)``: ``(key, pooled vector)``, or ``(key, None)`` for None input.
+
+    Arrays go through the model in batches of the model's batch size; order is kept.
+    """
+    is_canceled = is_canceled or _never
+    batch_size = max(1, int(getattr(embedder, "batch_size", 4)))
+    pending: List[Tuple[Any, Optional[np.ndarray]]] = []
+
+    def flush():
+        # arrays of one shape go through the model together (squares of different sizes are resized
+        # to the image size by the model's input step, one batch per shape)
+        vectors: Dict[int, np.ndarray] = {}
+        by_shape: Dict[tuple, List[int]] = {}
+        for i, (_, a) in enumerate(pending):
+            if a is not None:
+                by_shape.setdefault(a.shape, []).append(i)
+        for idx in by_shape.values():
+            pooled = embedder.pooled(np.stack([pending[i][1] for i in idx]), pooling=pooling)
+            vectors.update(zip(idx, pooled))
+        out = [(k, vectors.get(i)) for i, (k, _) in enumerate(pending)]
+        pending.clear()
+        return out
+
+    for key, arr in items:
+        if is_canceled():
+            raise ThorCanceled("canceled")
+        pending.append((key, arr))
+        if sum(a is not None for _, a in pending) >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def _wkt(crs: str) -> str:
+    return crs if "[" in crs else gdal_io.crs_to_wkt(crs)
+

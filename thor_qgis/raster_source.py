@@ -1,0 +1,236 @@
+"""A local Sentinel-2 raster as THOR's imagery source.
+
+The raster is read at native pixels when it is a north-up raster in a metric CRS at the sensor's scale
+(10 m): tiles then sit on its pixel grid and nothing is resampled. Any other raster (another
+resolution, a geographic CRS such as EPSG:4326, a rotated grid) is first warped, virtually and lazily,
+to a ``scale_m`` grid in its own CRS when that is metric, otherwise in the local UTM zone.
+Reads are windowed: memory does not grow with the raster or the area.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import gdal_io
+from .errors import ThorInputError
+from .specs import S2_BANDS
+from .tiling import Bounds, Tile, TileLayout, layout_for_area, utm_epsg
+
+# Common Sentinel-2 stacks and where THOR's ten bands sit in them (1-based).
+KNOWN_BAND_MAPS = {
+    10: (1, 2, 3, 4, 5, 6, 7, 8, 9, 10),  # B2 B3 B4 B5 B6 B7 B8 B8A B11 B12
+    12: (2, 3, 4, 5, 6, 7, 8, 9, 11, 12),  # B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B11 B12 (L2A)
+    13: (2, 3, 4, 5, 6, 7, 8, 9, 12, 13),  # B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B10 B11 B12 (L1C)
+}
+
+
+def parse_band_map(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """``"2,3,4,5,6,7,8,9,11,12"`` → (2, 3, ...); empty → None (use the raster's own order)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).replace(";", ",").replace(" ", ",").split(",") if v.strip())
+    except ValueError:
+        raise ThorInputError(
+            f"band mapping {text!r} must be 10 comma-separated band numbers (1-based) for "
+            + " ".join(S2_BANDS)) from None
+    return values
+
+
+def check_band_map(band_count: int, band_map: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    want = " ".join(S2_BANDS)
+    if band_map is None:
+        if band_count == 10:
+            return KNOWN_BAND_MAPS[10]
+        hint = ""
+        if band_count in KNOWN_BAND_MAPS:
+            hint = (f" For a {band_count}-band Sentinel-2 stack in band-number order the mapping is "
+                    + ",".join(map(str, KNOWN_BAND_MAPS[band_count])) + ".")
+        raise ThorInputError(
+            f"the raster has {band_count} band(s); THOR needs 10 ({want}). Give a band mapping that picks "
+            f"them, as 10 comma-separated band numbers.{hint}")
+    band_map = tuple(int(b) for b in band_map)
+    if len(band_map) != 10:
+        raise ThorInputError(f"the band mapping has {len(band_map)} entries; it needs 10, one for each of {want}")
+    bad = [b for b in band_map if not 1 <= b <= band_count]
+    if bad:
+        raise ThorInputError(
+            f"band mapping entries {bad} are out of range: the raster has bands 1 to {band_count}")
+    return band_map
+
+
+def transform_bounds(bounds: Bounds, src_crs: str, dst_crs: str, densify: int = 21) -> Bounds:
+    """Bounds of ``bounds`` (in ``src_crs``) in ``dst_crs``, with densified edges."""
+    osr = gdal_io.osr()
+    s, d = osr.SpatialReference(), osr.SpatialReference()
+    s.SetFromUserInput(src_crs)
+    d.SetFromUserInput(dst_crs)
+    if s.IsSame(d):
+        return tuple(float(v) for v in bounds)
+    for srs in (s, d):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ct = osr.CoordinateTransformation(s, d)
+    xmin, ymin, xmax, ymax = bounds
+    pts = []
+    for t in np.linspace(0.0, 1.0, densify):
+        x = xmin + (xmax - xmin) * t
+        y = ymin + (ymax - ymin) * t
+        pts += [(x, ymin), (x, ymax), (xmin, y), (xmax, y)]
+    out = np.array([ct.TransformPoint(float(px), float(py))[:2] for px, py in pts])
+    if not np.all(np.isfinite(out)):
+        raise ThorInputError(f"the extent {bounds} cannot be transformed to the raster's working CRS")
+    return float(out[:, 0].min()), float(out[:, 1].min()), float(out[:, 0].max()), float(out[:, 1].max())
+
+
+def lonlat_of(x: float, y: float, crs: str) -> Tuple[float, float]:
+    osr = gdal_io.osr()
+    s, d = osr.SpatialReference(), osr.SpatialReference()
+    s.SetFromUserInput(crs)
+    d.ImportFromEPSG(4326)
+    for srs in (s, d):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    lon, lat = osr.CoordinateTransformation(s, d).TransformPoint(float(x), float(y))[:2]
+    return lon, lat
+
+
+class RasterSource:
+    """Windows of THOR's ten bands from a local raster, on a ``scale_m`` metric grid."""
+
+    def __init__(self, path: str, band_map: Optional[Sequence[int]] = None, dn_offset: float = 0.0,
+                 scale_m: float = 10.0, fill_value: float = 0.0,
+                 log: Optional[Callable[[str], None]] = None):
+        self.path = str(path)
+        self.scale_m = float(scale_m)
+        self.fill_value = float(fill_value)
+        self.dn_offset = float(dn_offset)
+        self._log = log or (lambda _m: None)
+        src = gdal_io.open_raster(self.path)
+        info = gdal_io.raster_info(src)
+        self.source_info = info
+        self.band_map = check_band_map(info.band_count, band_map)
+        if not info.crs_wkt:
+            raise ThorInputError(f"the raster {self.path} has no coordinate reference system")
+        px, py = info.pixel_size
+        native = (info.is_north_up and info.is_metric()
+                  and abs(px - self.scale_m) <= 1e-6 * self.scale_m and abs(py - self.scale_m) <= 1e-6 * self.scale_m)
+        if native:
+            self.crs = info.crs_wkt
+            self.ds = src
+            self.resampled = False
+        else:
+            if info.is_metric():
+                self.crs = info.crs_wkt
+            else:
+                b = info.bounds
+                lon, lat = lonlat_of((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, info.crs_wkt)
+                self.crs = gdal_io.crs_to_wkt(f"EPSG:{utm_epsg(lon, lat)}")
+            self.ds = self._warp(src)
+            self.resampled = True
+            self._log(f"The raster is not a {self.scale_m:g} m grid in a metric CRS: it is warped (bilinear) "
+                      f"to {self.scale_m:g} m in {_crs_name(self.crs)} on the fly.")
+        self.info = gdal_io.raster_info(self.ds)
+        self.nodata = [self.ds.GetRasterBand(b).GetNoDataValue() for b in self.band_map]
+
+    def _warp(self, src):
+        g = gdal_io.gdal()
+        nodata = src.GetRasterBand(1).GetNoDataValue()
+        kw = dict(format="VRT", dstSRS=self.crs, xRes=self.scale_m, yRes=self.scale_m, targetAlignedPixels=True,
+                  resampleAlg="bilinear", outputType=g.GDT_Float32, dstNodata=nodata if nodata is not None else np.nan)
+        return g.Warp("", src, options=g.WarpOptions(**kw))
+
+    # --- areas ---------------------------------------------------------------------------
+    @property
+    def bounds(self) -> Bounds:
+        return self.info.bounds
+
+    def area(self, extent: Optional[Bounds] = None, extent_crs: Optional[str] = None) -> Bounds:
+        """The area to embed in the working CRS: the raster's own, or ``extent`` (in ``extent_crs``)."""
+        if extent is None:
+            return self.bounds
+        xmin, ymin, xmax, ymax = (float(v) for v in extent)
+        if not (xmax > xmin and ymax > ymin):
+            raise ThorInputError(
+                f"the extent is empty or inverted (xmin={xmin}, xmax={xmax}, ymin={ymin}, ymax={ymax})")
+        b = transform_bounds((xmin, ymin, xmax, ymax), extent_crs or self.source_info.crs_wkt, self.crs)
+        r = self.bounds
+        if b[0] >= r[2] or b[2] <= r[0] or b[1] >= r[3] or b[3] <= r[1]:
+            raise ThorInputError(
+                f"the extent ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside the raster "
+                f"{self.path}, whose extent is ({self.source_info.bounds[0]:g}, {self.source_info.bounds[1]:g}, "
+                f"{self.source_info.bounds[2]:g}, {self.source_info.bounds[3]:g})")
+        return b
+
+    def layout(self, area: Bounds, image_size: int, grid_side: int) -> TileLayout:
+        """Tiles over ``area`` whose top-left corner is snapped (outwards) onto the raster's pixel grid."""
+        gt = self.info.geotransform
+        px = gt[1]
+        xmin = gt[0] + math.floor((area[0] - gt[0]) / px + 1e-9) * px
+        ymax = gt[3] - math.floor((gt[3] - area[3]) / px + 1e-9) * px
+        return layout_for_area((xmin, area[1], area[2], ymax), self.crs, self.scale_m, image_size, grid_side)
+
+    # --- pixels --------------------------------------------------------------------------
+    def _offsets(self, x0: float, y1: float) -> Tuple[int, int]:
+        gt = self.info.geotransform
+        return int(round((x0 - gt[0]) / gt[1])), int(round((gt[3] - y1) / -gt[5]))
+
+    def _clean(self, arr: np.ndarray) -> Tuple[np.ndarray, float]:
+        """Nodata → fill, DN offset applied to valid pixels; returns the array and its valid fraction."""
+        valid = np.isfinite(arr)
+        for i, nd in enumerate(self.nodata):
+            if nd is not None and not math.isnan(nd):
+                valid[i] &= arr[i] != nd
+        valid_px = valid.all(axis=0)
+        out = np.where(valid_px[None], arr + self.dn_offset, self.fill_value).astype(np.float32)
+        return out, float(valid_px.mean()) if valid_px.size else 0.0
+
+    def read_box(self, bounds: Bounds, size: int) -> Tuple[np.ndarray, float]:
+        """The ten bands over ``bounds`` (working CRS) as [10, size, size] at ``scale_m`` when the box is
+        ``size * scale_m`` wide, else at the box's own pixels (resized later by the model's input step).
+        Pixels outside the raster are the fill value. Returns the array and the valid fraction."""
+        x0, y0, x1, y1 = bounds
+        xoff, yoff = self._offsets(x0, y1)
+        n = max(1, int(round((x1 - x0) / self.info.geotransform[1])))
+        if n <= 2 * size:
+            arr = gdal_io.read_window(self.ds, xoff, yoff, n, n, self.band_map, fill=np.nan)
+        else:  # a very large box: let GDAL average it down instead of reading every pixel
+            arr = self._read_decimated(xoff, yoff, n, size)
+        return self._clean(arr)
+
+    def _read_decimated(self, xoff: int, yoff: int, n: int, size: int) -> np.ndarray:
+        g = gdal_io.gdal()
+        out = np.full((10, size, size), np.nan, dtype=np.float32)
+        x0, y0 = max(0, xoff), max(0, yoff)
+        x1, y1 = min(self.info.width, xoff + n), min(self.info.height, yoff + n)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        f = size / n
+        ox0, oy0 = int(round((x0 - xoff) * f)), int(round((y0 - yoff) * f))
+        ox1, oy1 = max(ox0 + 1, int(round((x1 - xoff) * f))), max(oy0 + 1, int(round((y1 - yoff) * f)))
+        for i, b in enumerate(self.band_map):
+            out[i, oy0:oy1, ox0:ox1] = self.ds.GetRasterBand(b).ReadAsArray(
+                x0, y0, x1 - x0, y1 - y0, buf_xsize=ox1 - ox0, buf_ysize=oy1 - oy0,
+                resample_alg=g.GRIORA_Average)
+        return out
+
+    def read_tile(self, layout: TileLayout, tile: Tile) -> Tuple[np.ndarray, float]:
+        return self.read_box(tile.bounds, layout.image_size)
+
+    def tiles(self, layout: TileLayout):
+        """Yields (tile, [10, S, S] array, valid fraction) for every tile of ``layout``."""
+        for tile in layout.tiles():
+            arr, valid = self.read_tile(layout, tile)
+            yield tile, arr, valid
+
+
+def _crs_name(wkt: str) -> str:
+    osr = gdal_io.osr()
+    s = osr.SpatialReference()
+    s.SetFromUserInput(wkt)
+    code = s.GetAuthorityCode(None)
+    return f"EPSG:{code}" if code else (s.GetName() or "its CRS")
+
+
+def band_names() -> List[str]:
+    return list(S2_BANDS)
