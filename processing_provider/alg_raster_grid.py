@@ -119,11 +119,12 @@ class RasterGridAlgorithm(ThorAlgorithm):
         layer, source = raster_source_for(self, parameters, context, feedback.pushInfo, sensor.scale_m,
                                           sensor.fill_value)
         area = source.area(extent_of(self, parameters, context, layer), layer.crs().toWkt())
-        layout = source.layout(area, model.image_size, model.grid_side())
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
+        embedder = open_embedder(model, sensor.scale_m, steps)
+        # the model knows its token grid (it depends on image size, patch size and scale)
+        layout = source.layout(area, model.image_size, embedder.grid_side())
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}); output pixels {layout.output_pixel_size():g} m.")
-        embedder = open_embedder(model, sensor.scale_m, steps)
         steps.setCurrentStep(1)
         progress, is_canceled, log = callbacks(steps)
         record = provenance(model, output, sensor, source={

@@ -259,9 +259,10 @@ class ModelSpec:
     def variant(self) -> ModelVariant:
         return MODEL_VARIANTS[self.model_key]
 
-    def grid_side(self) -> int:
-        """Tokens per side of the 10 m group's grid (18 at image size 288, patch 16)."""
-        return self.image_size // self.patch_size
+    def grid_side(self, scale_m: float = 10.0) -> int:
+        """Tokens per side of the 10 m group's grid: ground cover / (patch size x 10 m), 18 at image size
+        288, patch 16 and scale 10 m (the encoder resizes each band to ground cover / its GSD)."""
+        return int(round(self.ground_cover_m(scale_m) / (self.patch_size * 10.0)))
 
     def ground_cover_m(self, scale_m: float = 10.0) -> float:
         return float(scale_m) * self.image_size
