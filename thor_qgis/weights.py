@@ -85,6 +85,16 @@ def hub_checkpoint_path(variant: ModelVariant, log: LogFn = None) -> str:
             f"weights = hub needs the Python package huggingface_hub, which could not be imported ({exc}). "
             + how_to_pass_checkpoint(variant)) from None
     _log(log, f"THOR weights: {variant.hub_repo}/{variant.hub_file} (Hugging Face cache)")
+    # A checkpoint already in the cache is used as it is: asking the Hub whether it changed would cost
+    # about 20 s of retries on a machine without network, on every run.
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id=variant.hub_repo, filename=variant.hub_file)
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return cached
+    except Exception:  # an unusual cache layout: fall through to the normal download path
+        pass
     try:
         return hf_hub_download(repo_id=variant.hub_repo, filename=variant.hub_file)
     except Exception as exc:

@@ -211,7 +211,7 @@ _HUB_SCRIPT = textwrap.dedent("""
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _run_hub(tmp_path, ckpt, raw_path, out_path):
+def _run_hub(tmp_path, ckpt, raw_path, out_path, endpoint=None):
     """Run an Embedder with weights=hub in a fresh interpreter (huggingface_hub reads its cache
     location and offline flag at import) against an HF cache under tmp_path, offline."""
     hub = tmp_path / "hf_home" / "hub"
@@ -229,6 +229,10 @@ def _run_hub(tmp_path, ckpt, raw_path, out_path):
             del env[k]
     env.update({"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
                 "HF_HUB_DISABLE_TELEMETRY": "1"})
+    if endpoint is not None:  # online mode, against a local stand-in of the Hub
+        del env["HF_HUB_OFFLINE"]
+        env["HF_ENDPOINT"] = endpoint
+        env["NO_PROXY"] = "127.0.0.1,localhost"
     env.pop("RS_EMBED_THOR_CKPT", None)
     script = tmp_path / "hub_run.py"
     script.write_text(_HUB_SCRIPT)
@@ -246,6 +250,37 @@ def test_hub_from_prepopulated_cache(tmp_path, tiny_ckpt, raw_path, outputs_path
                              "revision": HUB_COMMIT}
     assert md["warnings"] == []
     assert out["err"] < 1e-4  # the cached file's weights were used
+
+
+def test_hub_cached_checkpoint_is_used_without_asking_the_hub(tmp_path, tiny_ckpt, raw_path, outputs_path):
+    """Online mode with the file cached: no request reaches the Hub (which, with no network, would
+    cost a run about 20 s of retries)."""
+    import http.server
+    import threading
+
+    requests = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802
+            requests.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = _run_hub(tmp_path, tiny_ckpt, raw_path, outputs_path,
+                       endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert "error" not in out, out
+    assert out["err"] < 1e-4
+    assert requests == []
 
 
 def test_hub_offline_not_cached_error(tmp_path):
