@@ -56,3 +56,78 @@ def attach(context, path: str, styler: QgsProcessingLayerPostProcessorInterface,
         if name:
             details.name = name
         details.setPostProcessor(styler)
+
+
+def style_rgb_bytes(layer) -> None:
+    """A 3-band byte raster (1..255, 0 = nodata) shown as it is."""
+    if not isinstance(layer, QgsRasterLayer) or layer.bandCount() < 3:
+        return
+    renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
+    for setter in (renderer.setRedContrastEnhancement, renderer.setGreenContrastEnhancement,
+                   renderer.setBlueContrastEnhancement):
+        ce = QgsContrastEnhancement(layer.dataProvider().dataType(1))
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        ce.setMinimumValue(1)
+        ce.setMaximumValue(255)
+        setter(ce)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def _pseudocolor(layer, lo: float, hi: float, ramp_name: str, invert: bool = False) -> None:
+    from qgis.core import QgsColorRampShader, QgsRasterShader, QgsSingleBandPseudoColorRenderer, QgsStyle
+
+    ramp = QgsStyle.defaultStyle().colorRamp(ramp_name)
+    if ramp is None:
+        return
+    if invert:
+        ramp.invert()
+    shader_fn = QgsColorRampShader(lo, hi, ramp)
+    shader_fn.classifyColorRamp(9, -1)
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(shader_fn)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(lo)
+    renderer.setClassificationMax(hi)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def style_similarity(layer) -> None:
+    """Cosine similarity −1..1 on a diverging ramp (high = like the reference)."""
+    if isinstance(layer, QgsRasterLayer):
+        _pseudocolor(layer, -1.0, 1.0, "RdYlBu", invert=True)
+
+
+def style_change(layer) -> None:
+    """Cosine distance from 0 (no change) up to its 98th percentile, on a sequential ramp."""
+    if isinstance(layer, QgsRasterLayer):
+        _, hi = layer.dataProvider().cumulativeCut(1, 0.0, 0.98, layer.extent(), 250000)
+        _pseudocolor(layer, 0.0, max(float(hi), 1e-6), "Magma")
+
+
+def style_classes(layer) -> None:
+    """Class raster 1..k, 0 = nodata, as paletted classes with distinct colours."""
+    from qgis.core import QgsPalettedRasterRenderer, QgsRandomColorRamp
+    from qgis.PyQt.QtGui import QColor
+
+    if not isinstance(layer, QgsRasterLayer):
+        return
+    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Max)
+    k = int(stats.maximumValue)
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
+    classes = []
+    ramp = QgsRandomColorRamp()
+    ramp.setTotalColorCount(max(1, k))
+    for c in range(1, k + 1):
+        color = QColor(palette[c - 1]) if c <= len(palette) else ramp.color(c / max(1, k))
+        classes.append(QgsPalettedRasterRenderer.Class(c, color, f"class {c}"))
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+    layer.triggerRepaint()
+
+
+RGB_STYLER = _Styler(style_rgb_bytes)
+SIMILARITY_STYLER = _Styler(style_similarity)
+CHANGE_STYLER = _Styler(style_change)
+CLASSES_STYLER = _Styler(style_classes)

@@ -149,6 +149,11 @@ class GeoTiffWriter:
         gdt = {"float32": g.GDT_Float32, "uint8": g.GDT_Byte, "int16": g.GDT_Int16,
                "uint16": g.GDT_UInt16, "int32": g.GDT_Int32, "float64": g.GDT_Float64}[dtype]
         opts = list(options)
+        if band_count > 16:
+            # many bands, band-interleaved: a 256 x 256 tile across 768 bands is 192 MiB, which a reader of
+            # one window must decode whole; 128 x 128 keeps that at 48 MiB
+            opts = [o for o in opts if not o.startswith(("BLOCKXSIZE", "BLOCKYSIZE"))] + ["BLOCKXSIZE=128",
+                                                                                            "BLOCKYSIZE=128"]
         if dtype not in ("float32", "float64"):
             opts = [o for o in opts if not o.startswith("PREDICTOR")] + ["PREDICTOR=2"]
         self.dtype = np.dtype(dtype)
@@ -202,6 +207,8 @@ class GeoTiffWriter:
         self.ds.FlushCache()
         self.ds = None
         os.replace(self._tmp, self.path)
+        if os.path.exists(self._tmp + ".aux.xml"):  # anything GDAL kept beside the file goes along
+            os.replace(self._tmp + ".aux.xml", self.path + ".aux.xml")
         self._done = True
         return self.path
 

@@ -1,0 +1,42 @@
+"""What the embedding-analysis algorithms share: the input embedding raster and the styled output."""
+from qgis.core import QgsProcessingException, QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer
+
+from .base import GROUP_ANALYSIS, ThorAlgorithm
+from .styling import attach
+
+INPUT = "INPUT"
+OUTPUT = "OUTPUT"
+
+
+def embedding_path(alg, parameters, context, name: str = INPUT) -> str:
+    layer = alg.parameterAsRasterLayer(parameters, name, context)
+    if layer is None:
+        raise QgsProcessingException(f"The embedding raster ({name}) could not be loaded.")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"The layer '{layer.name()}' is not a file GDAL can read (provider {layer.providerType()}).")
+    return layer.source()
+
+
+class AnalysisAlgorithm(ThorAlgorithm):
+    """An algorithm that reads embedding rasters and writes one styled raster (numpy and GDAL only)."""
+
+    GROUP = GROUP_ANALYSIS
+    REQUIRES = ("osgeo",)
+    STYLER = None
+    OUTPUT_LABEL = "Output"
+
+    def add_input(self, name: str = INPUT, label: str = "Embedding raster (one band per channel)"):
+        self.addParameter(QgsProcessingParameterRasterLayer(name, self.tr(label)))
+
+    def add_output(self):
+        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr(self.OUTPUT_LABEL)))
+
+    def finish(self, parameters, context, record: dict) -> dict:
+        self._dest = record.get("output") or self.parameterAsOutputLayer(parameters, OUTPUT, context)
+        return {OUTPUT: self._dest}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
+        if getattr(self, "_dest", None) and self.STYLER is not None:
+            attach(context, self._dest, self.STYLER)
+        return {}

@@ -1,0 +1,137 @@
+"""Render the README's picture with QGIS's own map renderer, offscreen.
+
+Runs the bundled sample through thor:grid_from_raster and thor:embedding_to_rgb (Processing, in this
+process), then renders the sample's true-colour view and the embedding RGB side by side to a PNG.
+
+    .venv/bin/python scripts/render_picture.py [--out docs/sample_embedding_rgb.png]
+        [--checkpoint PATH] [--model thor_v1_tiny] [--patch-size 8]
+
+Without --checkpoint it uses random weights and the caption says so.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def render_layer(layer, path, size_px=420):
+    """Render one layer with QgsMapRendererCustomPainterJob to a PNG; returns the QImage."""
+    from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor, QImage, QPainter
+
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(layer.crs())
+    settings.setExtent(layer.extent())
+    settings.setOutputSize(QSize(size_px, size_px))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    image = QImage(QSize(size_px, size_px), QImage.Format_ARGB32_Premultiplied)
+    image.fill(QColor(255, 255, 255))
+    painter = QPainter(image)
+    job = QgsMapRendererCustomPainterJob(settings, painter)
+    job.start()
+    job.waitForFinished()
+    painter.end()
+    if path:
+        image.save(path, "PNG")
+    return image
+
+
+def side_by_side(images, captions, path):
+    from qgis.PyQt.QtCore import QRect, Qt
+    from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
+
+    pad, caption_h = 10, 28
+    w = sum(i.width() for i in images) + pad * (len(images) + 1)
+    h = max(i.height() for i in images) + 2 * pad + caption_h
+    out = QImage(w, h, QImage.Format_ARGB32)
+    out.fill(QColor(255, 255, 255))
+    p = QPainter(out)
+    p.setFont(QFont("Sans", 11))
+    x = pad
+    for img, cap in zip(images, captions):
+        p.drawImage(x, pad, img)
+        p.setPen(QColor(30, 30, 30))
+        p.drawText(QRect(x, pad + img.height() + 4, img.width(), caption_h - 4), Qt.AlignHCenter, cap)
+        x += img.width() + pad
+    p.end()
+    out.save(path, "PNG")
+    return out
+
+
+def style_true_colour(layer):
+    from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer
+
+    r = QgsMultiBandColorRenderer(layer.dataProvider(), 3, 2, 1)
+    for setter, band in ((r.setRedContrastEnhancement, 3), (r.setGreenContrastEnhancement, 2),
+                         (r.setBlueContrastEnhancement, 1)):
+        ce = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        ce.setMinimumValue(0)
+        ce.setMaximumValue(2500)
+        setter(ce)
+    layer.setRenderer(r)
+
+
+def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, work=None):
+    """Run sample → grid → embedding RGB inside this QGIS process and render the picture."""
+    import processing
+    from qgis.core import QgsRasterLayer
+
+    sys.path.insert(0, ROOT)
+    from thor_qgis import sample
+
+    work = work or tempfile.mkdtemp(prefix="thor_picture_")
+    src = sample.write_sample(os.path.join(work, "sample_s2.tif"))
+    grid = os.path.join(work, "grid.tif")
+    params = {"INPUT": src, "MODEL_KEY": model, "PATCH_SIZE": patch_size, "OUTPUT": grid}
+    if checkpoint:
+        params["CHECKPOINT"] = checkpoint
+    else:
+        params["PRETRAINED"] = False
+    processing.run("thor:grid_from_raster", params)
+    rgb = os.path.join(work, "rgb.tif")
+    processing.run("thor:embedding_to_rgb", {"INPUT": grid, "OUTPUT": rgb})
+    s2 = QgsRasterLayer(src, "sample")
+    style_true_colour(s2)
+    emb = QgsRasterLayer(rgb, "embedding rgb")
+    images = [render_layer(s2, None), render_layer(emb, None)]
+    weights = "fixture/local checkpoint" if checkpoint else "RANDOM weights"
+    side_by_side(images, ["synthetic Sentinel-2 sample (B4 B3 B2)",
+                          f"THOR {model.split('_')[-1]} p={patch_size} embedding → RGB ({weights})"], out_png)
+    return out_png, images
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "sample_embedding_rgb.png"))
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--model", default="thor_v1_tiny")
+    ap.add_argument("--patch-size", type=int, default=8)
+    args = ap.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, "/usr/share/qgis/python/plugins")
+    sys.path.insert(0, os.path.join(ROOT, ".build", "plugins"))
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    import thor_embeddings
+
+    plugin = thor_embeddings.classFactory(None)
+    plugin.initProcessing()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    path, _ = make_picture(args.out, args.checkpoint, args.model, args.patch_size)
+    print(path)
+    plugin.unload()
+    app.exitQgis()
+
+
+if __name__ == "__main__":
+    main()
