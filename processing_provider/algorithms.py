@@ -5,4 +5,15 @@ def algorithm_classes():
     from .alg_raster_grid import RasterGridAlgorithm
     from .alg_raster_pooled import RasterPooledAlgorithm
 
-    return [RasterGridAlgorithm, RasterPooledAlgorithm]
+    from .alg_embedding_rgb import EmbeddingRgbAlgorithm
+    from .alg_similarity import SimilarityAlgorithm
+    from .alg_clusters import ClustersAlgorithm
+    from .alg_change import ChangeAlgorithm
+
+    from .alg_ee_composite import EECompositeAlgorithm
+    from .alg_ee_grid import EEGridAlgorithm
+    from .alg_ee_pooled import EEPooledAlgorithm
+
+    return [RasterGridAlgorithm, RasterPooledAlgorithm,
+            EECompositeAlgorithm, EEGridAlgorithm, EEPooledAlgorithm,
+            EmbeddingRgbAlgorithm, SimilarityAlgorithm, ClustersAlgorithm, ChangeAlgorithm]
