@@ -63,6 +63,15 @@ def runs(items: Sequence[Tuple[Square, object]]) -> List[Tuple[float, List[Tuple
     return out
 
 
+def ee_status(valid_fraction: float) -> str:
+    """The thor_status of a feature whose imagery came from Earth Engine."""
+    if valid_fraction <= 0:
+        return "no imagery: no scene matches the dates and cloud threshold here"
+    if valid_fraction < 1:
+        return f"partial: {100 * (1 - valid_fraction):.0f}% of the square has no imagery (filled)"
+    return "ok"
+
+
 class PatchReader:
     """``read(square) -> (array or None, valid fraction)`` for write_pooled_features, served from parallel
     Earth Engine fetches of the same squares, in the same order, started on the first read."""
@@ -189,7 +198,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
                              cache=cfg.use_cache, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
         try:
             dest, counts = write_pooled_features(self, parameters, context, feedback, source, crs_wkt, model,
-                                                 output, sensor, reader.read)
+                                                 output, sensor, reader.read, status_fn=ee_status)
         finally:
             reader.close()
         if reader.empty:

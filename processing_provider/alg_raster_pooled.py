@@ -41,9 +41,10 @@ def buffer_m(alg, parameters, context, model, sensor) -> float:
 
 
 def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, model, output, sensor, read_square,
-                          steps_done: int = 1, steps_total: int = 2):
+                          steps_done: int = 1, steps_total: int = 2, status_fn=status_for):
     """Shared by the raster and Earth Engine pooled algorithms: read each feature's square through
-    ``read_square(bounds) -> (array or None, valid_fraction)``, embed in batches, write the sink."""
+    ``read_square(bounds) -> (array or None, valid_fraction)``, embed in batches, write the sink.
+    ``status_fn(valid_fraction)`` words each feature's status."""
     from ..thor_qgis import pipeline
 
     steps = QgsProcessingMultiStepFeedback(steps_total, feedback)
@@ -72,7 +73,7 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
                 yield feature, None
                 continue
             arr, valid = read_square(square)
-            statuses[feature.id()] = status_for(valid)
+            statuses[feature.id()] = status_fn(valid)
             yield feature, (arr if valid > 0 else None)
 
     counts = {"ok": 0, "other": 0}

@@ -82,15 +82,14 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
             return False, self._missing_message(missing)
         return True, ""
 
-    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        ok, message = self.canExecute()
-        if not ok:
-            raise QgsProcessingException(message)
-        return True
-
     # --- running -------------------------------------------------------------------------
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         feedback = feedback or QgsProcessingFeedback()
+        # checked here rather than in prepareAlgorithm: Processing only logs an exception raised there,
+        # while one raised here reaches the user (dialog log, processing.run, qgis_process)
+        ok, message = self.canExecute()
+        if not ok:
+            raise QgsProcessingException(message)
         try:
             return self.execute(parameters, context, feedback)
         except ThorCanceled:

@@ -349,7 +349,7 @@ def test_pooled_feature_without_imagery_gets_a_status_not_a_vector(fake, tiny, t
     assert len(rows) == 3
     assert rows["a"]["thor_status"] == "ok" and rows["c"]["thor_status"] == "ok"
     assert rows["nothing"]["thor_status"] and rows["nothing"]["thor_status"] != "ok"
-    assert "no imagery" in rows["nothing"]["thor_status"]
+    assert rows["nothing"]["thor_status"].startswith("no imagery: no scene matches")
     assert np.isnan(_vector(rows["nothing"])).all()
     assert np.isfinite(_vector(rows["a"])).all()
 

@@ -98,3 +98,22 @@ def test_qgis_process_help_is_json(plugin):
                 "IMAGE_SIZE", "PATCH_SIZE", "NORMALIZATION", "GROUP_MERGE", "OUTPUT"):
         assert key in params, key
     assert params["MODEL_KEY"]["default_value"] == "thor_v1_base"
+
+
+def test_missing_dependency_in_process_reaches_the_user(plugin, sample_raster, tmp_path, monkeypatch):
+    """canExecute says what to install, and a run that goes ahead anyway fails with that message."""
+    import processing
+    import pytest
+    from qgis.core import QgsProcessingException
+
+    import thor_embeddings.processing_provider.base as base
+
+    monkeypatch.setattr(base, "missing_modules", lambda names: tuple(n for n in names if n in ("torch", "ee")))
+    registry = QgsApplication.processingRegistry()
+    ok, msg = registry.algorithmById("thor:ee_grid").canExecute()
+    assert not ok and "torch" in msg and "earthengine-api" in msg
+    ok, _ = registry.algorithmById("thor:embedding_to_rgb").canExecute()
+    assert ok  # numpy and GDAL only
+    with pytest.raises(QgsProcessingException, match=r"needs the Python package\(s\) torch"):
+        processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), "OUTPUT": str(tmp_path / "x.tif")})
+    assert not (tmp_path / "x.tif").exists()
