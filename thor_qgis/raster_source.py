@@ -107,6 +107,7 @@ class RasterSource:
         self.dn_offset = float(dn_offset)
         self._log = log or (lambda _m: None)
         src = gdal_io.open_raster(self.path)
+        self._src = src
         info = gdal_io.raster_info(src)
         self.source_info = info
         self.band_map = check_band_map(info.band_count, band_map)
@@ -196,7 +197,14 @@ class RasterSource:
             arr = gdal_io.read_window(self.ds, xoff, yoff, n, n, self.band_map, fill=np.nan)
         else:  # a very large box: let GDAL average it down instead of reading every pixel
             arr = self._read_decimated(xoff, yoff, n, size)
+        self._drop_cached_blocks()
         return self._clean(arr)
+
+    def _drop_cached_blocks(self) -> None:
+        """Boxes are read once each: release GDAL's cached blocks so memory does not grow with the area."""
+        self.ds.FlushCache()
+        if self._src is not self.ds:
+            self._src.FlushCache()
 
     def _read_decimated(self, xoff: int, yoff: int, n: int, size: int) -> np.ndarray:
         g = gdal_io.gdal()
