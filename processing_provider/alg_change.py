@@ -1,7 +1,7 @@
 """Change between two periods: cosine distance between two embedding rasters of the same grid."""
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
-from .styling import CHANGE_STYLER
+from .styling import style_change
 
 INPUT_A = "INPUT_A"
 INPUT_B = "INPUT_B"
@@ -10,7 +10,7 @@ INPUT_B = "INPUT_B"
 class ChangeAlgorithm(AnalysisAlgorithm):
     NAME = "change_map"
     DISPLAY = "Change between two embedding rasters"
-    STYLER = CHANGE_STYLER
+    STYLE = style_change
     OUTPUT_LABEL = "Change (cosine distance)"
     HELP = ("Cosine distance (0 = same, up to 2) between the embeddings of two rasters on the same grid, "
             "for example THOR grids of one area from two date ranges. Both must have the same CRS, extent, "

@@ -4,7 +4,7 @@ from qgis.core import QgsProcessingParameterNumber
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
 from .params import _advanced
-from .styling import CLASSES_STYLER
+from .styling import style_classes
 
 K = "K"
 SEED = "SEED"
@@ -15,7 +15,7 @@ MAX_ITER = "MAX_ITER"
 class ClustersAlgorithm(AnalysisAlgorithm):
     NAME = "kmeans_clusters"
     DISPLAY = "Clusters (k-means)"
-    STYLER = CLASSES_STYLER
+    STYLE = style_classes
     OUTPUT_LABEL = "Classes"
     HELP = ("Unsupervised classes from an embedding raster: k-means (k-means++ start, deterministic for a "
             "seed) fitted on a random sample of valid pixels, then every pixel gets the class of its nearest "

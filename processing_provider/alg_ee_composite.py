@@ -1,7 +1,6 @@
 """Sentinel-2 surface reflectance composite from Earth Engine as a 10-band GeoTIFF (B2 … B12)."""
 from qgis.core import (
     Qgis,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterExtent,
@@ -12,20 +11,12 @@ from . import ee_params as E
 from . import params as P
 from .base import GROUP_EE, ThorAlgorithm
 from .provider import plugin_version
-from .styling import attach, style_rgb_stretch
+from .styling import attach, style_true_colour
 
 EXTENT = "EXTENT"
 OUTPUT = "OUTPUT"
 
 
-class _TrueColor(QgsProcessingLayerPostProcessorInterface):
-    """B4, B3, B2 as red, green, blue (bands 3, 2, 1 of the composite)."""
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        style_rgb_stretch(layer, bands=(3, 2, 1))
-
-
-TRUE_COLOR_STYLER = _TrueColor()  # Processing keeps only a pointer: the instance lives with the module
 
 
 class EECompositeAlgorithm(ThorAlgorithm):
@@ -73,7 +64,7 @@ class EECompositeAlgorithm(ThorAlgorithm):
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
         if getattr(self, "_dest", None):
-            attach(context, self._dest, TRUE_COLOR_STYLER)
+            attach(self, context, self._dest, style_true_colour)
         return {}
 
     def execute(self, parameters, context, feedback):

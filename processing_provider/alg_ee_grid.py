@@ -13,7 +13,7 @@ from . import params as P
 from .alg_raster_pooled import BUFFER, add_buffer_param, buffer_m
 from .base import GROUP_EE, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
-from .styling import GRID_STYLER, attach
+from .styling import attach, style_rgb_stretch
 
 EXTENT = "EXTENT"
 POINT = "POINT"
@@ -91,7 +91,7 @@ class EEGridAlgorithm(ThorAlgorithm):
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
         if getattr(self, "_dest", None):
-            attach(context, self._dest, GRID_STYLER)
+            attach(self, context, self._dest, style_rgb_stretch)
         return {}
 
     def execute(self, parameters, context, feedback):

@@ -4,7 +4,7 @@ from qgis.core import QgsProcessingParameterNumber
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
 from .params import _advanced
-from .styling import RGB_STYLER
+from .styling import style_rgb_bytes
 
 SAMPLE_SIZE = "SAMPLE_SIZE"
 SEED = "SEED"
@@ -15,7 +15,7 @@ HIGH = "HIGH_PERCENTILE"
 class EmbeddingRgbAlgorithm(AnalysisAlgorithm):
     NAME = "embedding_to_rgb"
     DISPLAY = "Embedding to RGB (PCA)"
-    STYLER = RGB_STYLER
+    STYLE = style_rgb_bytes
     OUTPUT_LABEL = "Embedding RGB"
     HELP = ("Turns a multiband embedding raster into a picture: principal component analysis fitted on a "
             "random sample of valid pixels (seedable), the first three components as red, green and blue, "

@@ -15,7 +15,7 @@ from qgis.core import (
 from . import params as P
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
-from .styling import GRID_STYLER, attach
+from .styling import attach, style_rgb_stretch
 
 INPUT = "INPUT"
 BAND_MAP = "BAND_MAP"
@@ -108,7 +108,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
         if getattr(self, "_dest", None):
-            attach(context, self._dest, GRID_STYLER)
+            attach(self, context, self._dest, style_rgb_stretch)
         return {}
 
     def execute(self, parameters, context, feedback):

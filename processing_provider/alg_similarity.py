@@ -10,7 +10,7 @@ from qgis.core import (
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
 from .features import to_crs
-from .styling import SIMILARITY_STYLER
+from .styling import style_similarity
 
 REFERENCE = "REFERENCE"
 ALL_TOUCHED = "ALL_TOUCHED"
@@ -19,7 +19,7 @@ ALL_TOUCHED = "ALL_TOUCHED"
 class SimilarityAlgorithm(AnalysisAlgorithm):
     NAME = "similarity_map"
     DISPLAY = "Similarity map (where else looks like this?)"
-    STYLER = SIMILARITY_STYLER
+    STYLE = style_similarity
     OUTPUT_LABEL = "Similarity"
     HELP = ("Cosine similarity (−1 … 1) of every pixel of an embedding raster to a reference embedding: the "
             "mean embedding under the reference features (points: the pixel they fall in; polygons: the "

@@ -23,7 +23,7 @@ class AnalysisAlgorithm(ThorAlgorithm):
 
     GROUP = GROUP_ANALYSIS
     REQUIRES = ("osgeo",)
-    STYLER = None
+    STYLE = None  # style function of the output layer
     OUTPUT_LABEL = "Output"
 
     def add_input(self, name: str = INPUT, label: str = "Embedding raster (one band per channel)"):
@@ -37,6 +37,6 @@ class AnalysisAlgorithm(ThorAlgorithm):
         return {OUTPUT: self._dest}
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
-        if getattr(self, "_dest", None) and self.STYLER is not None:
-            attach(context, self._dest, self.STYLER)
+        if getattr(self, "_dest", None) and self.STYLE is not None:
+            attach(self, context, self._dest, type(self).STYLE)
         return {}

@@ -1,7 +1,8 @@
 """Renderers for the layers the algorithms load on completion.
 
-Post-processors run on the main thread once the layer is loaded; Processing keeps only a pointer to
-them, so the instances live in this module for the session.
+Post-processors run on the main thread once the layer is loaded. Each output gets a post-processor
+object of its own: the Processing context takes it over and deletes it with the context, so one object
+must never serve two outputs or two runs. The algorithm also keeps a Python reference to it until then.
 """
 from qgis.core import (
     QgsContrastEnhancement,
@@ -46,16 +47,23 @@ class _Styler(QgsProcessingLayerPostProcessorInterface):
         self._fn(layer)
 
 
-GRID_STYLER = _Styler(style_rgb_stretch)
-
-
-def attach(context, path: str, styler: QgsProcessingLayerPostProcessorInterface, name: str = "") -> None:
-    """Style (and name) the output at ``path`` if Processing will load it on completion."""
+def attach(alg, context, path: str, style_fn, name: str = "") -> None:
+    """Style (and name) the output at ``path`` with ``style_fn(layer)`` if Processing will load it on
+    completion. Call from ``postProcessAlgorithm`` (main thread)."""
     if context.willLoadLayerOnCompletion(path):
         details = context.layerToLoadOnCompletionDetails(path)
         if name:
             details.name = name
+        styler = _Styler(style_fn)
+        if not hasattr(alg, "_thor_stylers"):
+            alg._thor_stylers = []
+        alg._thor_stylers.append(styler)
         details.setPostProcessor(styler)
+
+
+def style_true_colour(layer) -> None:
+    """A Sentinel-2 B2..B12 stack as true colour: B4, B3, B2 (bands 3, 2, 1), stretched."""
+    style_rgb_stretch(layer, bands=(3, 2, 1))
 
 
 def style_rgb_bytes(layer) -> None:
@@ -126,8 +134,3 @@ def style_classes(layer) -> None:
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
     layer.triggerRepaint()
 
-
-RGB_STYLER = _Styler(style_rgb_bytes)
-SIMILARITY_STYLER = _Styler(style_similarity)
-CHANGE_STYLER = _Styler(style_change)
-CLASSES_STYLER = _Styler(style_classes)

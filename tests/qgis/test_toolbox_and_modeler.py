@@ -1,4 +1,5 @@
 """The toolbox path (a QgsProcessingAlgRunnerTask in the task manager) and the graphical modeler."""
+import json
 import os
 import threading
 import time
@@ -146,3 +147,59 @@ def test_model_chains_grid_into_native_algorithm(plugin, sample_raster, tmp_path
     assert "stats:stats_html" in res or "stats_html" in str(res)
     text = open(html, encoding="utf-8").read()
     assert "Mean" in text or "mean" in text
+
+
+STYLED_RUNS = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1]); sys.path.append("/usr/share/qgis/python/plugins")
+from qgis.core import (QgsApplication, QgsProject, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
+                       QgsProcessingModelChildParameterSource as Src, QgsProcessingModelOutput,
+                       QgsProcessingModelParameter, QgsProcessingParameterRasterLayer)
+app = QgsApplication([], False); app.initQgis()
+from processing.core.Processing import Processing; Processing.initialize()
+import processing, thor_embeddings
+plugin = thor_embeddings.classFactory(None); plugin.initProcessing()
+grid, work = sys.argv[2], sys.argv[3]
+seen = []
+for i in range(2):  # the second run must be styled too
+    out = f"{work}/classes_{i}.tif"
+    processing.runAndLoadResults("thor:kmeans_clusters", {"INPUT": grid, "K": 3, "OUTPUT": out})
+    seen += [l.renderer().type() for l in QgsProject.instance().mapLayers().values() if l.source() == out]
+model = QgsProcessingModelAlgorithm("two", "t")
+model.addModelParameter(QgsProcessingParameterRasterLayer("emb", "e"), QgsProcessingModelParameter("emb"))
+for cid, k in (("c3", 3), ("c4", 4)):
+    c = QgsProcessingModelChildAlgorithm("thor:kmeans_clusters"); c.setChildId(cid)
+    for d in c.algorithm().parameterDefinitions():
+        if not d.isDestination():
+            c.addParameterSources(d.name(), [Src.fromStaticValue(d.defaultValue())])
+    c.addParameterSources("INPUT", [Src.fromModelParameter("emb")]); c.addParameterSources("K", [Src.fromStaticValue(k)])
+    o = QgsProcessingModelOutput("out_" + cid, cid); o.setChildOutputName("OUTPUT"); c.setModelOutputs({"out_" + cid: o})
+    model.addChildAlgorithm(c)
+outs = [f"{work}/m3.tif", f"{work}/m4.tif"]
+processing.runAndLoadResults(model, {"emb": grid, "c3:out_c3": outs[0], "c4:out_c4": outs[1]})
+seen += [l.renderer().type() for l in QgsProject.instance().mapLayers().values() if l.source() in outs]
+print(json.dumps(seen))
+"""
+
+
+def test_outputs_are_styled_on_every_run_and_in_models_with_two_outputs(plugin, sample_raster, tmp_path):
+    """Each loaded output gets its own post-processor: a shared one is deleted with the first run's
+    context, so the second run loads unstyled, and a model with two styled outputs crashes QGIS. Run in a
+    fresh QGIS process, as a user's session would be."""
+    need_fixtures()
+    import subprocess
+    import sys
+
+    import processing
+
+    from tests.conftest import PLUGIN_DIR
+
+    grid = str(tmp_path / "grid.tif")
+    processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), "MODEL_KEY": "thor_v1_tiny",
+                                             "CHECKPOINT": str(FIXTURE_CKPT), "OUTPUT": grid})
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    r = subprocess.run([sys.executable, "-c", STYLED_RUNS, str(PLUGIN_DIR), grid, str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "has been deleted" not in r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["paletted"] * 4
