@@ -1,6 +1,4 @@
 """THOR grid from a raster layer: a georeferenced multiband GeoTIFF of token embeddings."""
-import re
-
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
@@ -60,13 +58,7 @@ def extent_of(alg, parameters, context, layer):
     raw = parameters.get(EXTENT)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    if isinstance(raw, str):
-        nums = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", raw.split("[")[0])
-        if len(nums) >= 4:
-            xmin, xmax, ymin, ymax = (float(v) for v in nums[:4])
-            if not (xmax > xmin and ymax > ymin):
-                raise QgsProcessingException(
-                    f"The extent is empty or inverted (xmin={xmin:g}, xmax={xmax:g}, ymin={ymin:g}, ymax={ymax:g}).")
+    P.refuse_inverted_extent(raw)
     rect = alg.parameterAsExtent(parameters, EXTENT, context, layer.crs())
     if rect.isNull():
         return None

@@ -13,7 +13,6 @@ endpoint. Settings are read in ``prepareAlgorithm`` (main thread); the session i
 Nothing here imports the Earth Engine client or touches the network when an algorithm is defined.
 """
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -169,7 +168,6 @@ def progress_polling(feedback, total: int, start: float = 0.0, end: float = 100.
 # Areas: an extent or a point in any CRS, resolved on the main thread, put on a UTM grid in the worker
 # --------------------------------------------------------------------------------------------
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
 @dataclass(frozen=True)
@@ -227,13 +225,7 @@ def read_extent(alg, parameters, name: str, context) -> Optional[AreaInput]:
     raw = parameters.get(name)
     if is_unset(raw):
         return None
-    if isinstance(raw, str):
-        nums = re.findall(_NUMBER, raw.split("[")[0])
-        if len(nums) >= 4:
-            xmin, xmax, ymin, ymax = (float(v) for v in nums[:4])
-            if not (xmax > xmin and ymax > ymin):
-                raise QgsProcessingException(
-                    f"The extent is empty or inverted (xmin={xmin:g}, xmax={xmax:g}, ymin={ymin:g}, ymax={ymax:g}).")
+    P.refuse_inverted_extent(raw)
     rect = alg.parameterAsExtent(parameters, name, context)
     if rect.isNull():
         return None

@@ -3,6 +3,7 @@
 Defaults are the reference adapter's; the ``RS_EMBED_THOR_*`` environment variables may change them
 (read when the algorithm is defined, which is cheap: no torch, no network). Explicit values win.
 """
+import re
 from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
@@ -206,6 +207,21 @@ def temporal_spec(alg, parameters, context) -> specs.TemporalSpec:
         raise QgsProcessingException("Give a start date and an end date (YYYY-MM-DD).")
     return to_spec(specs.TemporalSpec, start=start.date().toString("yyyy-MM-dd"),
                    end=end.date().toString("yyyy-MM-dd"))
+
+
+_NUM = r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+_EXTENT_TEXT = re.compile(rf"^{_NUM},{_NUM},{_NUM},{_NUM}(?:\[[^\]]*\])?\s*$")
+
+
+def refuse_inverted_extent(raw) -> None:
+    """An extent typed as "xmin,xmax,ymin,ymax [CRS]" with xmax <= xmin or ymax <= ymin is an error
+    (QGIS would silently swap the values). Anything else (a layer, a rectangle) is left to QGIS."""
+    m = _EXTENT_TEXT.match(raw) if isinstance(raw, str) else None
+    if m:
+        xmin, xmax, ymin, ymax = (float(v) for v in m.groups())
+        if not (xmax > xmin and ymax > ymin):
+            raise QgsProcessingException(
+                f"The extent is empty or inverted (xmin={xmin:g}, xmax={xmax:g}, ymin={ymin:g}, ymax={ymax:g}).")
 
 
 def to_spec(cls, **values):

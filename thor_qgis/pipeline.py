@@ -52,7 +52,9 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
                log: Optional[Callable[[str], None]] = None) -> GridResult:
     """Embed every tile of ``layout`` and write the token grids to the GeoTIFF ``path``.
 
-    Tiles with no valid pixel are not embedded; their window is nodata (``GRID_NODATA``).
+    A pixel whose bands all equal ``fill_value`` has no data. Tiles with no valid pixel are not embedded,
+    and every output cell (token) whose footprint holds no valid pixel is nodata (``GRID_NODATA``), so
+    the padding past the imagery's edges never passes for an embedding.
     On an error or a cancel, no file is left at ``path``.
     """
     is_canceled = is_canceled or _never
@@ -79,7 +81,7 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     }
     with gdal_io.GeoTiffWriter(path, width, height, channels, layout.output_geotransform(), _wkt(layout.crs),
                                nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels)) as out:
-        pending: List[Tuple[Tile, np.ndarray]] = []
+        pending: List[Tuple[Tile, np.ndarray, np.ndarray]] = []
 
         def flush() -> None:
             nonlocal embedded
@@ -87,8 +89,9 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
                 return
             if is_canceled():
                 raise ThorCanceled("canceled")
-            grids = embedder.grid(np.stack([a for _, a in pending]), group_merge=group_merge)
-            for (tile, _), g in zip(pending, grids):
+            grids = embedder.grid(np.stack([a for _, a, _ in pending]), group_merge=group_merge)
+            for (tile, _, cells), g in zip(pending, grids):
+                g[:, ~cells] = GRID_NODATA
                 xoff, yoff, _, _ = layout.output_window(tile)
                 out.write(g, xoff, yoff)
             embedded += len(pending)
@@ -97,10 +100,11 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
         for tile, arr, valid in _items(source):
             if is_canceled():
                 raise ThorCanceled("canceled")
+            pixels = np.any(arr != fill_value, axis=0)
             if valid is None:
-                valid = float(np.mean(np.any(arr != fill_value, axis=0)))
+                valid = float(pixels.mean())
             if valid > 0:
-                pending.append((tile, arr))
+                pending.append((tile, arr, cells_with_data(pixels, n)))
             done += 1
             if len(pending) >= batch_size:
                 flush()
@@ -115,6 +119,18 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     return GridResult(path=out.path, width=width, height=height, band_count=channels, tiles=total,
                       tiles_embedded=embedded, geotransform=layout.output_geotransform(),
                       crs_wkt=_wkt(layout.crs), metadata=record)
+
+
+def cells_with_data(pixels: np.ndarray, n: int) -> np.ndarray:
+    """[n, n] bool: which cells of an n x n token grid over a [H, W] pixel-validity mask hold data."""
+    h, w = pixels.shape
+    if h % n == 0 and w % n == 0:
+        return pixels.reshape(n, h // n, n, w // n).any(axis=(1, 3))
+    rows = (np.arange(h) * n) // h
+    cols = (np.arange(w) * n) // w
+    cells = np.zeros((n, n), dtype=bool)
+    np.logical_or.at(cells, (rows[:, None], cols[None, :]), pixels)
+    return cells
 
 
 def pooled_batches(items: Iterable[Tuple[Any, Optional[np.ndarray]]], embedder, pooling: str,

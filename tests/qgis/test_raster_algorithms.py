@@ -213,3 +213,33 @@ def test_qgis_process_runs_grid(plugin, sample_raster, tmp_path):
     assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 4)
     ds = gdal.Open(str(out))
     assert ds.RasterCount == 192 and (ds.RasterXSize, ds.RasterYSize) == (36, 36)
+
+
+def test_cells_past_the_imagery_are_nodata(plugin, tmp_path):
+    """A 400 x 300 px raster fills 2 x 2 tiles partly: cells (160 m) with no imagery are nodata, every
+    cell with imagery holds an embedding."""
+    rng = np.random.default_rng(5)
+    data = rng.uniform(100, 3000, (10, 300, 400)).astype(np.float32)
+    src = write_raster(tmp_path / "part.tif", data, (300000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0), epsg=32631)
+    out = tmp_path / "part_grid.tif"
+    run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    arr, _, _, ds = read_raster(out)
+    assert arr.shape == (192, 36, 36)
+    assert ds.GetRasterBand(1).GetNoDataValue() == -9999.0
+    nodata = np.all(arr == -9999.0, axis=0)
+    # 400 px = 25 cells of 16 px, 300 px = 18.75 → 19 cells hold imagery
+    expected = np.ones((36, 36), bool)
+    expected[:19, :25] = False
+    np.testing.assert_array_equal(nodata, expected)
+    assert np.isfinite(arr[:, :19, :25]).all() and (np.abs(arr[:, :19, :25]) < 1000).all()
+
+
+def test_extent_given_as_a_layer_path_with_digits(plugin, fixture_raster, tmp_path):
+    """An extent parameter naming a layer (whose name holds numbers) takes that layer's extent."""
+    import shutil
+
+    named = tmp_path / "s2_2024_10_05.tif"
+    shutil.copy(fixture_raster, named)
+    out = tmp_path / "by_layer.tif"
+    res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, "OUTPUT": str(out)})
+    assert res["TILES"] == 1
