@@ -237,9 +237,15 @@ def test_cells_past_the_imagery_are_nodata(plugin, tmp_path):
 def test_extent_given_as_a_layer_path_with_digits(plugin, fixture_raster, tmp_path):
     """An extent parameter naming a layer (whose name holds numbers) takes that layer's extent."""
     import shutil
+    from pathlib import Path
 
-    named = tmp_path / "s2_2024_10_05.tif"
+    folder = Path("/tmp/thor-extent-check")  # no digits before the name's: "9,8,7,6" reads as inverted
+    folder.mkdir(exist_ok=True)
+    named = folder / "s2_9_8_7_6.tif"
     shutil.copy(fixture_raster, named)
-    out = tmp_path / "by_layer.tif"
-    res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, "OUTPUT": str(out)})
-    assert res["TILES"] == 1
+    try:
+        out = tmp_path / "by_layer.tif"
+        res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, "OUTPUT": str(out)})
+        assert res["TILES"] == 1
+    finally:
+        shutil.rmtree(folder)
