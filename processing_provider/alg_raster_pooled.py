@@ -1,5 +1,6 @@
 """Pooled THOR embeddings for the features of a vector layer, from a raster layer."""
 import json
+import os
 
 from qgis.core import (
     QgsFeature,
@@ -45,8 +46,6 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
     """Shared by the raster and Earth Engine pooled algorithms: read each feature's square through
     ``read_square(bounds) -> (array or None, valid_fraction)``, embed in batches, write the sink.
     ``status_fn(valid_fraction)`` words each feature's status."""
-    from ..thor_qgis import pipeline
-
     steps = QgsProcessingMultiStepFeedback(steps_total, feedback)
     steps.setCurrentStep(steps_done - 1)
     embedder = open_embedder(model, sensor.scale_m, steps)
@@ -54,9 +53,42 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
     progress, is_canceled, _ = callbacks(steps)
     dim = embedder.metadata["embed_dim"]
     fields = output_fields(source.fields(), dim)
+    target = _sink_file(alg.parameterAsOutputLayer(parameters, OUTPUT, context))
+    existed = target is not None and os.path.exists(target)
     sink, dest = alg.parameterAsSink(parameters, OUTPUT, context, fields, source.wkbType(), source.sourceCrs())
     if sink is None:
         raise QgsProcessingException(alg.invalidSinkError(parameters, OUTPUT))
+    try:
+        counts = _fill_sink(sink, fields, source, crs_wkt, model, output, sensor, read_square, embedder, dim,
+                            progress, is_canceled, status_fn, alg, parameters, context)
+    except BaseException:
+        # canceled or failed: a file this run created is removed, so nothing half-written is left or loaded
+        del sink
+        if target is not None and not existed:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                try:
+                    os.remove(target + suffix)
+                except OSError:
+                    pass
+        raise
+    feedback.pushInfo(f"{counts['ok']} feature(s) embedded, {counts['other']} without an embedding "
+                      f"(see the thor_status field).")
+    return dest, counts
+
+
+def _sink_file(dest: str):
+    """The file behind a sink destination ("path.gpkg|layername=x" → "path.gpkg"), None for memory layers."""
+    if not dest or dest.startswith(("memory:", "postgres:", "ogr:", "spatialite:")):
+        return None
+    path = dest.split("|")[0]
+    return path if os.path.isabs(path) else None
+
+
+def _fill_sink(sink, fields, source, crs_wkt, model, output, sensor, read_square, embedder, dim, progress,
+               is_canceled, status_fn, alg, parameters, context):
+    from ..thor_qgis import pipeline
+    from ..thor_qgis.errors import ThorCanceled
+
     transform = to_crs(source.sourceCrs(), crs_wkt, context)
     half = buffer_m(alg, parameters, context, model, sensor)
     weights = json.dumps(embedder.metadata.get("weights", {}), sort_keys=True)
@@ -88,12 +120,8 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
         counts["ok" if vector is not None else "other"] += 1
         progress((i + 1) / total)
     if is_canceled():
-        from ..thor_qgis.errors import ThorCanceled
-
         raise ThorCanceled("canceled")
-    feedback.pushInfo(f"{counts['ok']} feature(s) embedded, {counts['other']} without an embedding "
-                      f"(see the {'thor_status'} field).")
-    return dest, counts
+    return counts
 
 
 class RasterPooledAlgorithm(ThorAlgorithm):

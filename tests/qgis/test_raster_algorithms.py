@@ -249,3 +249,25 @@ def test_extent_given_as_a_layer_path_with_digits(plugin, fixture_raster, tmp_pa
         assert res["TILES"] == 1
     finally:
         shutil.rmtree(folder)
+
+
+def test_canceled_pooled_run_leaves_no_file(plugin, fixture_raster, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+    from qgis.PyQt.QtCore import Qt
+
+    pts = QgsVectorLayer("Point?crs=EPSG:32633", "pts", "memory")
+    feats = []
+    for i in range(12):
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(600500.0 + 150 * i, 5099000.0)))
+        feats.append(f)
+    pts.dataProvider().addFeatures(feats)
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda p: p > 50 and feedback.cancel(), Qt.DirectConnection)
+    out = tmp_path / "canceled.gpkg"
+    with pytest.raises(QgsProcessingException, match="Canceled"):
+        processing.run("thor:pooled_from_raster", {"FEATURES": pts, "INPUT": fixture_raster, **TINY,
+                                                   "BATCH_SIZE": 2, "OUTPUT": str(out)}, feedback=feedback)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
