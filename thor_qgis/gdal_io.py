@@ -134,12 +134,15 @@ class GeoTiffWriter:
     """A GeoTIFF written in windows, then committed (renamed into place) or aborted (deleted).
 
     Use as a context manager: leaving the block with an exception aborts, otherwise it commits.
+    ``strip_rows``: write strips of that many rows instead of tiles, for outputs written row band by row
+    band (compressed tiles that are written in pieces would be recompressed and rewritten as GDAL's cache
+    evicts them, growing the file).
     """
 
     def __init__(self, path: str, width: int, height: int, band_count: int, geotransform: GeoTransform,
                  crs_wkt: str, dtype: str = "float32", nodata: Optional[float] = None,
                  band_names: Optional[Sequence[str]] = None, metadata: Optional[Mapping[str, Any]] = None,
-                 options: Sequence[str] = GTIFF_OPTIONS):
+                 options: Sequence[str] = GTIFF_OPTIONS, strip_rows: Optional[int] = None):
         g = gdal()
         if width <= 0 or height <= 0 or band_count <= 0:
             raise ThorInputError(f"cannot write an empty raster ({width}x{height}, {band_count} bands)")
@@ -149,7 +152,12 @@ class GeoTiffWriter:
         gdt = {"float32": g.GDT_Float32, "uint8": g.GDT_Byte, "int16": g.GDT_Int16,
                "uint16": g.GDT_UInt16, "int32": g.GDT_Int32, "float64": g.GDT_Float64}[dtype]
         opts = list(options)
-        if band_count > 16:
+        if strip_rows:
+            # written one band of rows at a time (a row of THOR tiles): strips that height are complete
+            # once written, so a compressed block is never written twice, whatever GDAL's cache size
+            opts = [o for o in opts if not o.startswith(("TILED", "BLOCKXSIZE", "BLOCKYSIZE"))] + [
+                "TILED=NO", f"BLOCKYSIZE={int(strip_rows)}"]
+        elif band_count > 16:
             # many bands, band-interleaved: a 256 x 256 tile across 768 bands is 192 MiB, which a reader of
             # one window must decode whole; 128 x 128 keeps that at 48 MiB
             opts = [o for o in opts if not o.startswith(("BLOCKXSIZE", "BLOCKYSIZE"))] + ["BLOCKXSIZE=128",
@@ -200,6 +208,10 @@ class GeoTiffWriter:
         self.ds.WriteRaster(x0, y0, x1 - x0, y1 - y0, block.tobytes(),
                             buf_type=self.ds.GetRasterBand(1).DataType,
                             band_list=list(range(1, c + 1)))
+
+    def flush(self) -> None:
+        """Write cached blocks to the file and release them."""
+        self.ds.FlushCache()
 
     def commit(self) -> str:
         if self._done:

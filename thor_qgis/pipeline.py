@@ -80,7 +80,8 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
         "THOR_GROUP_MERGE": group_merge,
     }
     with gdal_io.GeoTiffWriter(path, width, height, channels, layout.output_geotransform(), _wkt(layout.crs),
-                               nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels)) as out:
+                               nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels),
+                               strip_rows=layout.grid_side) as out:
         pending: List[Tuple[Tile, np.ndarray, np.ndarray]] = []
 
         def flush() -> None:
@@ -97,9 +98,16 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
             embedded += len(pending)
             pending.clear()
 
+        row = None
         for tile, arr, valid in _items(source):
             if is_canceled():
                 raise ThorCanceled("canceled")
+            if tile.row != row:
+                # a row of tiles is complete: write its strips out of GDAL's cache, so memory holds one
+                # row of the output at most, however large the area
+                flush()
+                out.flush()
+                row = tile.row
             pixels = np.any(arr != fill_value, axis=0)
             if valid is None:
                 valid = float(pixels.mean())

@@ -1,0 +1,120 @@
+"""pipeline.write_grid with a stand-in model: windows, nodata cells, batches, cancel, file layout."""
+import os
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from thor_qgis import gdal_io, pipeline, tiling
+from thor_qgis.errors import ThorCanceled
+
+
+class CountingModel:
+    """Stands in for Embedder: each tile's grid is its tile index, so windows can be checked."""
+
+    batch_size = 3
+    metadata = {"model_key": "stand-in", "weights": {"source": "random"}}
+
+    def __init__(self, channels=4, side=18):
+        self.channels, self.side, self.batches = channels, side, []
+
+    def grid_channels(self, merge):
+        return self.channels
+
+    def grid_side(self):
+        return self.side
+
+    def grid_info(self, merge):
+        return {"group_merge": merge}
+
+    def grid(self, x, group_merge="mean"):
+        self.batches.append(x.shape[0])
+        # channel c of tile with mean value v is v + c
+        v = x.mean(axis=(1, 2, 3))
+        return (v[:, None, None, None] + np.arange(self.channels)[None, :, None, None]
+                + np.zeros((1, 1, self.side, self.side))).astype(np.float32)
+
+
+def _layout(tx, ty):
+    return tiling.layout_for_area((0, 0, tx * 2880.0, ty * 2880.0), "EPSG:32632", 10, 288, 18)
+
+
+def _tiles(layout, value_of=lambda t: t.index + 1):
+    for t in layout.tiles():
+        yield t, np.full((10, 288, 288), value_of(t), np.float32)
+
+
+def test_each_tile_lands_in_its_window(tmp_path):
+    layout = _layout(4, 2)
+    model = CountingModel()
+    res = pipeline.write_grid(layout, _tiles(layout), model, "mean", str(tmp_path / "g.tif"))
+    ds = gdal.Open(res.path)
+    arr = ds.ReadAsArray()
+    assert arr.shape == (4, 36, 72)
+    for t in layout.tiles():
+        x, y, w, h = layout.output_window(t)
+        np.testing.assert_array_equal(arr[0, y:y + h, x:x + w], t.index + 1)
+        np.testing.assert_array_equal(arr[3, y:y + h, x:x + w], t.index + 4)
+    assert ds.GetGeoTransform() == (0.0, 160.0, 0.0, 5760.0, 0.0, -160.0)
+    # batches never span two rows of tiles (4 tiles a row, batch size 3)
+    assert model.batches == [3, 1, 3, 1]
+
+
+def test_tiles_and_cells_without_data_are_nodata(tmp_path):
+    layout = _layout(2, 1)
+
+    def tiles():
+        a = np.full((10, 288, 288), 500.0, np.float32)
+        a[:, :, 100:] = 0.0  # only the first 100 columns hold data: cells 0..6 (16 px each)
+        yield next(layout.tiles()), a
+        yield list(layout.tiles())[1], np.zeros((10, 288, 288), np.float32)  # no data at all
+
+    res = pipeline.write_grid(layout, tiles(), CountingModel(), "mean", str(tmp_path / "g.tif"))
+    arr = gdal.Open(res.path).ReadAsArray()
+    nodata = np.all(arr == pipeline.GRID_NODATA, axis=0)
+    expected = np.ones((18, 36), bool)
+    expected[:, :7] = False
+    np.testing.assert_array_equal(nodata, expected)
+    assert res.tiles_embedded == 1
+
+
+def test_cells_with_data_uneven_sizes():
+    px = np.zeros((10, 10), bool)
+    px[9, 9] = True
+    cells = pipeline.cells_with_data(px, 3)
+    assert cells.sum() == 1 and cells[2, 2]
+
+
+def test_cancel_leaves_no_file(tmp_path):
+    layout = _layout(4, 4)
+    calls = {"n": 0}
+
+    def canceled():
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with pytest.raises(ThorCanceled):
+        pipeline.write_grid(layout, _tiles(layout), CountingModel(), "mean", str(tmp_path / "g.tif"),
+                            is_canceled=canceled)
+    assert os.listdir(tmp_path) == []
+
+
+def test_file_does_not_grow_when_gdal_cache_is_small(tmp_path):
+    """Written as strips one row of tiles tall and flushed per row: a small GDAL cache gives the same
+    file as a large one (compressed tiles written in pieces would be rewritten and the file would grow)."""
+    layout = _layout(8, 6)
+    old = gdal.GetCacheMax()
+    sizes = []
+    try:
+        for cache_mb in (512, 4):
+            gdal.SetCacheMax(cache_mb * 1024 * 1024)
+            path = str(tmp_path / f"g{cache_mb}.tif")
+            pipeline.write_grid(layout, _tiles(layout, lambda t: (t.index * 37) % 11 + 1),
+                                CountingModel(channels=64), "mean", path)
+            sizes.append(os.path.getsize(path))
+    finally:
+        gdal.SetCacheMax(old)
+    assert sizes[0] == sizes[1]
+    ds = gdal.Open(str(tmp_path / "g4.tif"))
+    assert ds.GetRasterBand(1).GetBlockSize() == [8 * 18, 18]
+    assert ds.GetMetadataItem(gdal_io.CONFIG_KEY)
