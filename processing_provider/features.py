@@ -14,6 +14,13 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..thor_qgis.tiling import Bounds, bounding_square, square_around
 
+try:  # Qt 5 (QGIS 3)
+    _STRING, _DOUBLE = QVariant.String, QVariant.Double
+except AttributeError:  # Qt 6 (QGIS 4): field types are QMetaType types
+    from qgis.PyQt.QtCore import QMetaType
+
+    _STRING, _DOUBLE = QMetaType.Type.QString, QMetaType.Type.Double
+
 STATUS_FIELD = "thor_status"
 MODEL_FIELD = "thor_model"
 WEIGHTS_FIELD = "thor_weights"
@@ -22,9 +29,9 @@ WEIGHTS_FIELD = "thor_weights"
 def output_fields(source_fields: QgsFields, dim: int, prefix: str = "thor_") -> QgsFields:
     fields = QgsFields(source_fields)
     for name in (MODEL_FIELD, WEIGHTS_FIELD, STATUS_FIELD):
-        fields.append(QgsField(name, QVariant.String))
+        fields.append(QgsField(name, _STRING))
     for i in range(dim):
-        fields.append(QgsField(f"{prefix}{i:03d}", QVariant.Double))
+        fields.append(QgsField(f"{prefix}{i:03d}", _DOUBLE))
     return fields
 
 

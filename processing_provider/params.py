@@ -81,7 +81,8 @@ def add_model_params(alg, tr) -> None:
                            tr("Off: random weights (for testing only; recorded in the output's metadata).")))
     alg.addParameter(_help(QgsProcessingParameterFile(
         CHECKPOINT, tr("Local checkpoint (.pt) instead of downloading the official weights"),
-        behavior=QgsProcessingParameterFile.File, extension="pt", defaultValue=d.checkpoint, optional=True),
+        behavior=QgsProcessingParameterFile.File, fileFilter="PyTorch checkpoints (*.pt *.pth *.ckpt *.bin);;All files (*)",
+        defaultValue=d.checkpoint, optional=True),
         tr("A THOR checkpoint in the hub's format (encoder.* keys, optionally under state_dict) or bare "
            "encoder keys. Use it when this machine cannot reach the Hugging Face hub.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(

@@ -39,6 +39,12 @@ class ThorProvider(QgsProcessingProvider):
     def svgIconPath(self):  # noqa: N802
         return icon_path()
 
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802
+        return ["tif"]  # the algorithms write GeoTIFF (tiled or striped, compressed, with metadata)
+
+    def defaultRasterFileExtension(self):  # noqa: N802
+        return "tif"
+
     def loadAlgorithms(self):  # noqa: N802
         for cls in algorithm_classes():
             self.addAlgorithm(cls())

@@ -8,7 +8,7 @@
 #   - a QGIS profile and plugin folder under .build/ that the qgis_process wrapper uses.
 #
 # Safe to run again: on a ready machine it only checks, in a few seconds.
-# Source it (". scripts/setup.sh") or run it; it prints what it does on stderr.
+# Run it (bash scripts/setup.sh); it prints what it does on stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -77,6 +77,17 @@ def crs_is_metric(crs_wkt: str) -> bool:
     return bool(srs.IsProjected()) and abs(srs.GetLinearUnits() - 1.0) < 1e-9
 
 
+def crs_is_mercator(crs_wkt: str) -> bool:
+    """True for (pseudo-)Mercator projections such as EPSG:3857, whose metres are true only at the
+    equator (a "10 m" pixel is 10·cos(latitude) m on the ground). Transverse Mercator (UTM) is False."""
+    if not crs_wkt:
+        return False
+    srs = osr().SpatialReference()
+    srs.SetFromUserInput(crs_wkt)
+    method = (srs.GetAttrValue("PROJECTION") or "").lower()
+    return "mercator" in method and "transverse" not in method
+
+
 def crs_to_wkt(crs: str) -> str:
     srs = osr().SpatialReference()
     srs.SetFromUserInput(crs)
@@ -147,6 +158,9 @@ class GeoTiffWriter:
         if width <= 0 or height <= 0 or band_count <= 0:
             raise ThorInputError(f"cannot write an empty raster ({width}x{height}, {band_count} bands)")
         self.path = os.path.abspath(os.fspath(path))
+        if os.path.splitext(self.path)[1].lower() not in (".tif", ".tiff"):
+            raise ThorInputError(
+                f"outputs are written as GeoTIFF: give a file name ending in .tif, not {os.path.basename(self.path)}")
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._tmp = _temp_sibling(self.path)
         gdt = {"float32": g.GDT_Float32, "uint8": g.GDT_Byte, "int16": g.GDT_Int16,

@@ -3,7 +3,8 @@
 The raster is read at native pixels when it is a north-up raster in a metric CRS at the sensor's scale
 (10 m): tiles then sit on its pixel grid and nothing is resampled. Any other raster (another
 resolution, a geographic CRS such as EPSG:4326, a rotated grid) is first warped, virtually and lazily,
-to a ``scale_m`` grid in its own CRS when that is metric, otherwise in the local UTM zone.
+to a ``scale_m`` grid in its own CRS when that is metric, otherwise in the local UTM zone. Web Mercator
+(EPSG:3857) counts as not metric: its "metres" shrink with latitude, so it is warped to UTM too.
 Reads are windowed: memory does not grow with the raster or the area.
 """
 from __future__ import annotations
@@ -114,14 +115,15 @@ class RasterSource:
         if not info.crs_wkt:
             raise ThorInputError(f"the raster {self.path} has no coordinate reference system")
         px, py = info.pixel_size
-        native = (info.is_north_up and info.is_metric()
+        true_metres = info.is_metric() and not gdal_io.crs_is_mercator(info.crs_wkt)
+        native = (info.is_north_up and true_metres
                   and abs(px - self.scale_m) <= 1e-6 * self.scale_m and abs(py - self.scale_m) <= 1e-6 * self.scale_m)
         if native:
             self.crs = info.crs_wkt
             self.ds = src
             self.resampled = False
         else:
-            if info.is_metric():
+            if true_metres:
                 self.crs = info.crs_wkt
             else:
                 b = info.bounds

@@ -186,3 +186,9 @@ def test_readme_picture_renders_and_is_not_blank(plugin, tmp_path):
         white = sum(1 for x in range(0, img.width(), 7) for y in range(0, img.height(), 7)
                     if img.pixel(x, y) & 0xFFFFFF == 0xFFFFFF)
         assert white < 0.05 * len(range(0, img.width(), 7)) * len(range(0, img.height(), 7))
+
+
+def test_output_must_be_a_geotiff_name(sample_grid, tmp_path):
+    with pytest.raises(QgsProcessingException, match=r"ending in \.tif"):
+        run("embedding_to_rgb", {"INPUT": sample_grid, "OUTPUT": str(tmp_path / "x.img")})
+    assert not (tmp_path / "x.img").exists()

@@ -271,3 +271,16 @@ def test_canceled_pooled_run_leaves_no_file(plugin, fixture_raster, tmp_path):
                                                    "BATCH_SIZE": 2, "OUTPUT": str(out)}, feedback=feedback)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_web_mercator_input_is_warped_to_utm(plugin, tmp_path):
+    """EPSG:3857 "10 m" pixels are 10·cos(lat) m on the ground: such a raster is warped to true 10 m UTM."""
+    rng = np.random.default_rng(2)
+    data = rng.uniform(100, 3000, (10, 200, 200)).astype(np.float32)
+    # near 9.5°E 45.5°N
+    src = write_raster(tmp_path / "wm.tif", data, (1057500.0, 10.0, 0.0, 5702000.0, 0.0, -10.0), epsg=3857)
+    out = tmp_path / "wm_grid.tif"
+    run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    _, gt, wkt, _ = read_raster(out)
+    assert epsg_of(wkt) == 32632
+    assert gt[1] == 160.0 and gt[0] % 10 == 0 and gt[3] % 10 == 0
