@@ -46,7 +46,11 @@ want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || \
    ! "$VENV/bin/python" -c "import torch, ee, huggingface_hub, pytest, pytest_qgis" 2>/dev/null; then
     say "installing Python dependencies (requirements.txt with constraints.txt)"
-    "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+    pip_install() { "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt" "$@"; }
+    # the CPU build of torch (2.13.0+cpu) comes from pip's configured indexes when they have it, else
+    # from PyTorch's own CPU index
+    pip_install || { say "retrying with PyTorch's CPU wheel index"; \
+        pip_install --extra-index-url "${THOR_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"; }
     echo "$want" > "$stamp"
 fi
 
