@@ -58,6 +58,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         E.add_ee_params(self, self.tr)
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)
+        P.add_context_margin_param(self, self.tr)
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr("THOR grid")))
         for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"),
                            ("BANDS", "Embedding channels"), ("TILES", "Tiles")):
@@ -122,7 +123,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         session = E.open_session(cfg, steps)
         embedder = open_embedder(model, sensor.scale_m, steps)
         layout = layout_for_area(bounds, crs, sensor.scale_m, model.image_size, embedder.grid_side(),
-                                 snap_to=sensor.scale_m)
+                                 snap_to=sensor.scale_m, margin=P.context_margin(self, parameters, context))
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}) in {crs} from ({layout.origin_x:.1f}, {layout.origin_y:.1f}); "
                           f"output pixels {layout.output_pixel_size():g} m; {workers} parallel request(s).")

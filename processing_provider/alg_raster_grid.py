@@ -86,6 +86,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
                                                        optional=True))
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)
+        P.add_context_margin_param(self, self.tr)
         P.add_scale_fill_params(self, self.tr)
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr("THOR grid")))
         for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"),
@@ -114,7 +115,8 @@ class RasterGridAlgorithm(ThorAlgorithm):
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
         embedder = open_embedder(model, sensor.scale_m, steps)
         # the model knows its token grid (it depends on image size, patch size and scale)
-        layout = source.layout(area, model.image_size, embedder.grid_side())
+        layout = source.layout(area, model.image_size, embedder.grid_side(),
+                               margin=P.context_margin(self, parameters, context))
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}); output pixels {layout.output_pixel_size():g} m.")
         steps.setCurrentStep(1)

@@ -4,7 +4,7 @@ Runs the bundled sample through thor:grid_from_raster and thor:embedding_to_rgb 
 process), then renders the sample's true-colour view and the embedding RGB side by side to a PNG.
 
     .venv/bin/python scripts/render_picture.py [--out docs/sample_embedding_rgb.png]
-        [--checkpoint PATH] [--model thor_v1_tiny] [--patch-size 8]
+        [--checkpoint PATH] [--model thor_v1_tiny] [--patch-size 8] [--margin 0]
 
 Without --checkpoint it uses random weights and the caption says so.
 """
@@ -76,7 +76,7 @@ def style_true_colour(layer):
     layer.setRenderer(r)
 
 
-def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, work=None):
+def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, work=None, margin=0):
     """Run sample → grid → embedding RGB inside this QGIS process and render the picture."""
     import processing
     from qgis.core import QgsRasterLayer
@@ -87,7 +87,7 @@ def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, w
     work = work or tempfile.mkdtemp(prefix="thor_picture_")
     src = sample.write_sample(os.path.join(work, "sample_s2.tif"))
     grid = os.path.join(work, "grid.tif")
-    params = {"INPUT": src, "MODEL_KEY": model, "PATCH_SIZE": patch_size, "OUTPUT": grid}
+    params = {"INPUT": src, "MODEL_KEY": model, "PATCH_SIZE": patch_size, "CONTEXT_MARGIN": margin, "OUTPUT": grid}
     if checkpoint:
         params["CHECKPOINT"] = checkpoint
     else:
@@ -101,7 +101,8 @@ def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, w
     images = [render_layer(s2, None), render_layer(emb, None)]
     weights = "fixture/local checkpoint" if checkpoint else "RANDOM weights"
     side_by_side(images, ["synthetic Sentinel-2 sample (B4 B3 B2)",
-                          f"THOR {model.split('_')[-1]} p={patch_size} embedding → RGB ({weights})"], out_png)
+                          f"THOR {model.split('_')[-1]} p={patch_size}{f' margin {margin}' if margin else ''} "
+                          f"embedding → RGB ({weights})"], out_png)
     return out_png, images
 
 
@@ -111,6 +112,7 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--model", default="thor_v1_tiny")
     ap.add_argument("--patch-size", type=int, default=8)
+    ap.add_argument("--margin", type=int, default=0, help="context margin between overlapping tiles (tokens)")
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, "/usr/share/qgis/python/plugins")
@@ -127,7 +129,7 @@ def main():
     plugin = thor_embeddings.classFactory(None)
     plugin.initProcessing()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    path, _ = make_picture(args.out, args.checkpoint, args.model, args.patch_size)
+    path, _ = make_picture(args.out, args.checkpoint, args.model, args.patch_size, margin=args.margin)
     print(path)
     plugin.unload()
     app.exitQgis()

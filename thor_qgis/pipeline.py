@@ -69,6 +69,7 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     record.setdefault("engine", {}).update(embedder.metadata)
     record["grid"] = dict(embedder.grid_info(group_merge), tiles_x=layout.tiles_x, tiles_y=layout.tiles_y,
                           tile_size_m=layout.tile_size_m, pixel_size_m=layout.output_pixel_size(),
+                          context_margin_tokens=layout.margin, tile_step_m=layout.step_m,
                           area=list(layout.area), origin=[layout.origin_x, layout.origin_y])
     batch_size = max(1, int(getattr(embedder, "batch_size", 4)))
     embedded = 0
@@ -81,7 +82,7 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     }
     with gdal_io.GeoTiffWriter(path, width, height, channels, layout.output_geotransform(), _wkt(layout.crs),
                                nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels),
-                               strip_rows=layout.grid_side) as out:
+                               strip_rows=layout.core) as out:
         pending: List[Tuple[Tile, np.ndarray, np.ndarray]] = []
 
         def flush() -> None:
@@ -94,7 +95,7 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
             for (tile, _, cells), g in zip(pending, grids):
                 g[:, ~cells] = GRID_NODATA
                 xoff, yoff, _, _ = layout.output_window(tile)
-                out.write(g, xoff, yoff)
+                out.write(layout.written(g), xoff, yoff)
             embedded += len(pending)
             pending.clear()
 

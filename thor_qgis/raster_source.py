@@ -165,13 +165,14 @@ class RasterSource:
                 f"{self.source_info.bounds[2]:g}, {self.source_info.bounds[3]:g})")
         return b
 
-    def layout(self, area: Bounds, image_size: int, grid_side: int) -> TileLayout:
+    def layout(self, area: Bounds, image_size: int, grid_side: int, margin: int = 0) -> TileLayout:
         """Tiles over ``area`` whose top-left corner is snapped (outwards) onto the raster's pixel grid."""
         gt = self.info.geotransform
         px = gt[1]
         xmin = gt[0] + math.floor((area[0] - gt[0]) / px + 1e-9) * px
         ymax = gt[3] - math.floor((gt[3] - area[3]) / px + 1e-9) * px
-        return layout_for_area((xmin, area[1], area[2], ymax), self.crs, self.scale_m, image_size, grid_side)
+        return layout_for_area((xmin, area[1], area[2], ymax), self.crs, self.scale_m, image_size, grid_side,
+                               margin=margin)
 
     # --- pixels --------------------------------------------------------------------------
     def _offsets(self, x0: float, y1: float) -> Tuple[int, int]:

@@ -5,6 +5,11 @@ A tile is a square of ground cover ``G = scale_m * image_size`` metres (2880 m b
 Each tile yields an ``n x n`` token grid (``n = image_size / patch_size``, 18 by default), written
 into the output window it covers, so the output's pixel size is ``G / n`` and its georeferencing is
 exact. The output covers whole tiles: it may reach past the area's right and bottom edges.
+
+With a context margin of ``m`` tokens, tiles overlap: each tile is still ``G`` wide and embedded whole,
+but only its central ``(n - 2m) x (n - 2m)`` tokens are written, and tiles advance by that much. Every
+written token then sees at least ``m`` tokens of imagery around it, which evens out the steps between
+tiles that a transformer's whole-tile context produces, at (n / (n - 2m))² times the compute.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class TileLayout:
     image_size: int  # pixels per tile side at scale_m
     grid_side: int  # tokens per tile side (n)
     area: Bounds  # the requested area, for the record
+    margin: int = 0  # context margin in tokens: tiles overlap by 2 * margin tokens, the centre is written
 
     @property
     def scale_m(self) -> float:
@@ -45,15 +51,32 @@ class TileLayout:
     def n_tiles(self) -> int:
         return self.tiles_x * self.tiles_y
 
+    @property
+    def core(self) -> int:
+        """Tokens per side written from each tile (n - 2 * margin)."""
+        return self.grid_side - 2 * self.margin
+
+    @property
+    def step_m(self) -> float:
+        """Distance between the origins of neighbouring tiles."""
+        return self.core * self.output_pixel_size()
+
     def tiles(self) -> Iterator[Tile]:
-        g = self.tile_size_m
+        """Tiles in row-major order; ``bounds`` is the imagery a tile reads (margin included)."""
+        g, step = self.tile_size_m, self.step_m
+        pad = self.margin * self.output_pixel_size()
         i = 0
         for r in range(self.tiles_y):
             for c in range(self.tiles_x):
-                x0 = self.origin_x + c * g
-                y1 = self.origin_y - r * g
+                x0 = self.origin_x + c * step - pad
+                y1 = self.origin_y - r * step + pad
                 yield Tile(i, r, c, (x0, y1 - g, x0 + g, y1))
                 i += 1
+
+    def written(self, grid):
+        """The part of a tile's [..., n, n] token grid that goes into the output (its centre)."""
+        m = self.margin
+        return grid if m == 0 else grid[..., m:self.grid_side - m, m:self.grid_side - m]
 
     # The output token raster ---------------------------------------------------------------
     def output_pixel_size(self) -> float:
@@ -65,12 +88,12 @@ class TileLayout:
 
     def output_size(self) -> Tuple[int, int]:
         """(width, height) of the output token raster in pixels."""
-        return self.tiles_x * self.grid_side, self.tiles_y * self.grid_side
+        return self.tiles_x * self.core, self.tiles_y * self.core
 
     def output_window(self, tile: Tile) -> Tuple[int, int, int, int]:
-        """(xoff, yoff, width, height) of the tile's token grid in the output raster."""
-        n = self.grid_side
-        return tile.col * n, tile.row * n, n, n
+        """(xoff, yoff, width, height) of the tile's written tokens in the output raster."""
+        k = self.core
+        return tile.col * k, tile.row * k, k, k
 
     # The imagery grid at scale_m -----------------------------------------------------------
     def pixel_geotransform(self, tile: Tile) -> Tuple[float, float, float, float, float, float]:
@@ -80,12 +103,18 @@ class TileLayout:
 
 
 def layout_for_area(bounds: Bounds, crs: str, scale_m: float, image_size: int, grid_side: int,
-                    snap_to: float = 0.0) -> TileLayout:
+                    snap_to: float = 0.0, margin: int = 0) -> TileLayout:
     """Cut ``bounds`` (in the metric ``crs``) into tiles of ``scale_m * image_size`` metres.
 
     ``snap_to`` > 0 moves the top-left corner onto a multiple of that many metres (outwards), so that
-    tile pixels line up with a source raster's pixel grid or a fixed UTM grid.
+    tile pixels line up with a source raster's pixel grid or a fixed UTM grid. ``margin`` (tokens) makes
+    tiles overlap and keeps each tile's centre (see the module's docstring).
     """
+    margin = int(margin)
+    if margin < 0 or 2 * margin >= int(grid_side):
+        raise ThorInputError(
+            f"the context margin must be 0 to {(int(grid_side) - 1) // 2} tokens for a {grid_side} x {grid_side} "
+            f"token grid, got {margin}")
     xmin, ymin, xmax, ymax = (float(b) for b in bounds)
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
         raise ThorInputError(f"the area's bounds are not finite numbers: {bounds}")
@@ -97,12 +126,14 @@ def layout_for_area(bounds: Bounds, crs: str, scale_m: float, image_size: int, g
         xmin = math.floor(xmin / snap_to + 1e-9) * snap_to
         ymax = math.ceil(ymax / snap_to - 1e-9) * snap_to
     g = float(scale_m) * int(image_size)
+    step = g * (int(grid_side) - 2 * margin) / int(grid_side)
     # a tiny tolerance so an area of exactly k tiles is not rounded up to k + 1
-    tx = max(1, math.ceil((xmax - xmin) / g - 1e-9))
-    ty = max(1, math.ceil((ymax - ymin) / g - 1e-9))
+    tx = max(1, math.ceil((xmax - xmin) / step - 1e-9))
+    ty = max(1, math.ceil((ymax - ymin) / step - 1e-9))
     return TileLayout(crs=crs, origin_x=xmin, origin_y=ymax, tile_size_m=g, tiles_x=tx, tiles_y=ty,
                       image_size=int(image_size), grid_side=int(grid_side),
-                      area=(float(bounds[0]), float(bounds[1]), float(bounds[2]), float(bounds[3])))
+                      area=(float(bounds[0]), float(bounds[1]), float(bounds[2]), float(bounds[3])),
+                      margin=margin)
 
 
 def square_around(x: float, y: float, half_side: float) -> Bounds:

@@ -118,3 +118,45 @@ def test_file_does_not_grow_when_gdal_cache_is_small(tmp_path):
     ds = gdal.Open(str(tmp_path / "g4.tif"))
     assert ds.GetRasterBand(1).GetBlockSize() == [8 * 18, 18]
     assert ds.GetMetadataItem(gdal_io.CONFIG_KEY)
+
+
+class BlockMeanModel(CountingModel):
+    """A context-free stand-in: each token is the mean of its pixels (band 0), so any correct tiling,
+    overlapping or not, must give the same raster."""
+
+    def grid(self, x, group_merge="mean"):
+        b, _, h, w = x.shape
+        n = self.side
+        cells = x[:, 0].reshape(b, n, h // n, n, w // n).mean(axis=(2, 4))
+        return np.repeat(cells[:, None], self.channels, axis=1).astype(np.float32)
+
+
+def _imagery(layout):
+    """Imagery as a function of map coordinates, for each tile's bounds (margin included)."""
+    for t in layout.tiles():
+        x0, _, _, y1 = t.bounds
+        cols = x0 + (np.arange(288) + 0.5) * 10.0
+        rows = y1 - (np.arange(288) + 0.5) * 10.0
+        band = 1000.0 + 0.01 * cols[None, :] + 0.02 * rows[:, None] - 0.0
+        yield t, np.repeat(band[None].astype(np.float32), 10, axis=0)
+
+
+@pytest.mark.parametrize("margin", [1, 3, 8])
+def test_overlapping_tiles_place_every_token_where_it_belongs(tmp_path, margin):
+    area = (500000.0, 4000000.0, 500000.0 + 7000.0, 4000000.0 + 5000.0)
+    plain = tiling.layout_for_area(area, "EPSG:32632", 10, 288, 18)
+    over = tiling.layout_for_area(area, "EPSG:32632", 10, 288, 18, margin=margin)
+    assert over.core == 18 - 2 * margin and over.output_pixel_size() == 160.0
+    assert over.output_geotransform() == plain.output_geotransform()
+    a = pipeline.write_grid(plain, _imagery(plain), BlockMeanModel(channels=1), "mean", str(tmp_path / "a.tif"))
+    b = pipeline.write_grid(over, _imagery(over), BlockMeanModel(channels=1), "mean", str(tmp_path / "b.tif"))
+    ga, gb = gdal.Open(a.path).ReadAsArray(), gdal.Open(b.path).ReadAsArray()
+    h, w = min(ga.shape[0], gb.shape[0]), min(ga.shape[1], gb.shape[1])
+    assert h * 160 >= 5000 and w * 160 >= 7000  # both cover the area
+    np.testing.assert_allclose(gb[:h, :w], ga[:h, :w], rtol=0, atol=1e-3)
+    assert b.metadata["grid"]["context_margin_tokens"] == margin
+
+
+def test_context_margin_must_leave_a_centre():
+    with pytest.raises(Exception, match="context margin"):
+        tiling.layout_for_area((0, 0, 1000, 1000), "EPSG:32632", 10, 288, 18, margin=9)

@@ -284,3 +284,18 @@ def test_web_mercator_input_is_warped_to_utm(plugin, tmp_path):
     _, gt, wkt, _ = read_raster(out)
     assert epsg_of(wkt) == 32632
     assert gt[1] == 160.0 and gt[0] % 10 == 0 and gt[3] % 10 == 0
+
+
+def test_context_margin_overlaps_tiles_and_keeps_the_grid(plugin, sample_raster, tmp_path):
+    plain, over = tmp_path / "plain.tif", tmp_path / "over.tif"
+    a = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "OUTPUT": str(plain)})
+    b = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "CONTEXT_MARGIN": 3, "OUTPUT": str(over)})
+    # 5760 m: 2 tiles of 18 tokens side by side, or 3 tiles advancing by 12 tokens (1920 m)
+    assert (a["WIDTH"], a["HEIGHT"], a["TILES"]) == (36, 36, 4)
+    assert (b["WIDTH"], b["HEIGHT"], b["TILES"]) == (36, 36, 9)
+    ga, gta, _, _ = read_raster(plain)
+    gb, gtb, _, ds = read_raster(over)
+    assert gta == gtb
+    assert np.isfinite(gb).all() and not np.any(gb == -9999.0)
+    cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
+    assert cfg["grid"]["context_margin_tokens"] == 3 and cfg["grid"]["tile_step_m"] == 1920.0
