@@ -68,7 +68,7 @@ class EECompositeAlgorithm(ThorAlgorithm):
         return {}
 
     def execute(self, parameters, context, feedback):
-        from ..thor_qgis import ee_fetch
+        from ..thor_qgis import ee_fetch, ee_session
 
         if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
             self.prepareAlgorithm(parameters, context, feedback)
@@ -85,6 +85,8 @@ class EECompositeAlgorithm(ThorAlgorithm):
                           f"{layout.n_tiles} request(s) of up to {layout.image_size} × {layout.image_size} px "
                           f"at {sensor.scale_m:g} m.")
         session = E.open_session(cfg, feedback)
+        # keep the process-wide Earth Engine client on this project until the run ends
+        self.hold(ee_session.session_in_use(session))
         is_canceled, stats = E.progress_polling(feedback, layout.n_tiles)
         record = E.source_record(sensor, temporal, session, cfg, workers, area=area.as_record(),
                                  algorithm=f"thor:{self.NAME}", plugin_version=plugin_version(),

@@ -96,7 +96,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         return {}
 
     def execute(self, parameters, context, feedback):
-        from ..thor_qgis import ee_fetch, pipeline
+        from ..thor_qgis import ee_fetch, ee_session, pipeline
         from ..thor_qgis.tiling import layout_for_area
 
         if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
@@ -121,6 +121,8 @@ class EEGridAlgorithm(ThorAlgorithm):
 
         # the session first: a missing project or credentials is reported before the model is loaded
         session = E.open_session(cfg, steps)
+        # keep the process-wide Earth Engine client on this project until the run ends
+        self.hold(ee_session.session_in_use(session))
         embedder = open_embedder(model, sensor.scale_m, steps)
         layout = layout_for_area(bounds, crs, sensor.scale_m, model.image_size, embedder.grid_side(),
                                  snap_to=sensor.scale_m, margin=P.context_margin(self, parameters, context))

@@ -167,7 +167,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
         return True
 
     def execute(self, parameters, context, feedback):
-        from ..thor_qgis import ee_fetch
+        from ..thor_qgis import ee_fetch, ee_session
 
         if not hasattr(self, "_api_url"):
             self.prepareAlgorithm(parameters, context, feedback)
@@ -181,6 +181,8 @@ class EEPooledAlgorithm(ThorAlgorithm):
         crs = working_crs(source, context, feedback)
         crs_wkt = QgsCoordinateReferenceSystem(crs).toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
         session = E.open_session(cfg, feedback)
+        # keep the process-wide Earth Engine client on this project until the run ends
+        self.hold(ee_session.session_in_use(session))
 
         # the squares, as write_pooled_features will ask for them, so that they can be fetched ahead
         half = buffer_m(self, parameters, context, model, sensor)

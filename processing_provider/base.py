@@ -1,4 +1,5 @@
 """What every THOR algorithm shares: naming, icon, dependency checks, feedback and error adaptation."""
+import contextlib
 import importlib.util
 import os
 from typing import Callable, Dict, Sequence, Tuple
@@ -91,7 +92,8 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             raise QgsProcessingException(message)
         try:
-            return self.execute(parameters, context, feedback)
+            with contextlib.ExitStack() as self._held:
+                return self.execute(parameters, context, feedback)
         except ThorCanceled:
             raise QgsProcessingException(self.tr("Canceled: no output was written.")) from None
         except ThorError as e:
@@ -99,6 +101,10 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
 
     def execute(self, parameters, context, feedback) -> dict:
         raise NotImplementedError
+
+    def hold(self, context_manager):
+        """Enter ``context_manager`` for the rest of this run (exited when ``execute`` ends, however)."""
+        return self._held.enter_context(context_manager)
 
 
 def callbacks(feedback, start: float = 0.0, end: float = 100.0) -> Tuple[Callable[[float], None],

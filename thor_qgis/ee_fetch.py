@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, S
 import numpy as np
 
 from .ee_session import (DEFAULT_DEADLINE_S, EESessionInfo, configure_client, import_ee, is_empty_collection_error,
-                         is_retryable, redact, require_session, translate_ee_error)
+                         is_retryable, redact, require_session, session_in_use, translate_ee_error)
 from .errors import ThorCanceled, ThorConfigError, ThorFetchError
 from .specs import SensorSpec, TemporalSpec, default_fetch_workers
 from .tiling import Bounds, Tile, TileLayout, layout_for_area
@@ -517,6 +517,8 @@ def _ordered(jobs: Iterable[_Job], runner: _Runner, workers: int, limit: int,
                 return
             pending.append((job, pool.submit(runner.run, runner.prepare(job))))
 
+    hold = session_in_use()
+    hold.__enter__()
     try:
         top_up()
         while pending:
@@ -548,6 +550,7 @@ def _ordered(jobs: Iterable[_Job], runner: _Runner, workers: int, limit: int,
             f.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         runner.flush(log)
+        hold.__exit__(None, None, None)
 
 
 def _describe(sensor: SensorSpec, temporal: TemporalSpec) -> str:

@@ -26,6 +26,7 @@ message built from a client exception goes through :func:`redact`.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -262,6 +263,27 @@ def resolve_credentials(url: Optional[str], service_account_key: Optional[str] =
 
 _LOCK = threading.RLock()
 _STATE: Dict[str, Any] = {"key": None, "info": None, "deadline_s": None}
+_IN_USE = {"count": 0}  # runs fetching with the current session: it must not be re-initialised under them
+
+
+@contextlib.contextmanager
+def session_in_use(expected: Optional["EESessionInfo"] = None):
+    """Hold the current session for a run: while held, :func:`ensure_session` refuses to switch the
+    process-wide client to another project, URL or credentials (which would send this run's remaining
+    requests elsewhere). ``expected``: the session the run was set up with; a different current one is
+    an error."""
+    with _LOCK:
+        current = _STATE["info"]
+        if current is None or (expected is not None and current != expected):
+            raise ThorFetchError(
+                "the Earth Engine session changed since this run was set up (another run started with another "
+                "project or endpoint): run it again")
+        _IN_USE["count"] += 1
+    try:
+        yield current
+    finally:
+        with _LOCK:
+            _IN_USE["count"] -= 1
 
 
 def current_session() -> Optional[EESessionInfo]:
@@ -316,12 +338,19 @@ def ensure_session(project: Optional[str] = None, *, url: Optional[str] = None,
         key = (chosen, api_url, ident)
         if _STATE["key"] == key and _STATE["info"] is not None and ee.data.is_initialized():
             return _STATE["info"]
+        if _IN_USE["count"] > 0 and _STATE["info"] is not None:
+            busy = _STATE["info"]
+            raise ThorFetchError(
+                f"another Earth Engine run (project {busy.project}) is in progress in this QGIS session, and the "
+                "Earth Engine client serves one project and endpoint at a time per process: wait for it to "
+                "finish, or run this one with the same project")
         info = EESessionInfo(project=chosen, api_url=api_url, auth=auth)
         if log:
             log(f"Earth Engine: initialising (project {chosen}, API {api_url or 'default'}, "
                 f"credentials: {auth})")
         _STATE.update(key=None, info=None, deadline_s=None)
         ee.Reset()
+        ee.data.setMaxRetries(0)  # before Initialize too: its own requests would otherwise retry for ~30 s
         try:
             _initialize(ee, creds, chosen, api_url)
         except Exception as e:

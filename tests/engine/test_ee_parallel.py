@@ -235,3 +235,23 @@ def test_a_cancel_while_writing_leaves_no_file(ee_session_on_fake, tmp_path):
         ee_fetch.write_composite_geotiff(utm_layout(4, 4), SensorSpec(), JUNE, str(path), workers=2, cache=False,
                                          is_canceled=canceled, log=logs.append)
     assert fake.count() < 16 and not path.exists() and os.listdir(out) == []
+
+
+def test_a_run_in_progress_keeps_its_project(ee_session_on_fake):
+    """The client is process-wide: while a fetch runs, another run cannot switch it to another project
+    (its requests would silently go there); once the fetch ends, it can."""
+    fake, info = ee_session_on_fake
+    tiles = ee_fetch.fetch_tiles(utm_layout(2, 2), SensorSpec(), JUNE, workers=2, cache=False)
+    next(tiles)
+    with pytest.raises(ThorFetchError, match="another Earth Engine run"):
+        ee_session.ensure_session(project="another-project", url=fake.url)
+    assert ee_session.ensure_session(project=DEFAULT_PROJECT, url=fake.url) == info  # same session: fine
+    rest = list(tiles)
+    assert len(rest) == 3
+    projects = {rec.path.split("/")[3] for rec in fake.compute_requests()}
+    assert projects == {DEFAULT_PROJECT}
+    assert ee_session.ensure_session(project="another-project", url=fake.url).project == "another-project"
+    # a run set up with a session that has since changed is refused rather than sent elsewhere
+    with pytest.raises(ThorFetchError, match="session changed"):
+        with ee_session.session_in_use(info):
+            pass
