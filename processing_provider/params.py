@@ -18,7 +18,7 @@ from qgis.core import (
 )
 
 from ..thor_qgis import specs
-from ..thor_qgis.errors import ThorConfigError
+from ..thor_qgis.errors import ThorConfigError, ThorInputError
 
 MODEL_KEY = "MODEL_KEY"
 PRETRAINED = "PRETRAINED"
@@ -119,12 +119,22 @@ def add_context_margin_param(alg, tr) -> None:
         defaultValue=0, minValue=0, maxValue=16),
         tr("0: tiles side by side (each token sees only its own tile). m > 0: tiles overlap and only their "
            "central (n − 2m) × (n − 2m) tokens are kept, so every token sees at least m tokens of context "
-           "and the steps between tiles even out, for (n / (n − 2m))² times the compute (m = 3 at n = 18: "
-           "2.25 ×).")))
+           "and the steps between tiles even out, for about (n / (n − 2m))² times the compute on large areas "
+           "(m = 3 at n = 18: 2.25 ×; more on areas of one or two tiles).")))
 
 
 def context_margin(alg, parameters, context) -> int:
     return alg.parameterAsInt(parameters, CONTEXT_MARGIN, context)
+
+
+def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale_m: float) -> None:
+    """For ``checkParameterValues``: the margin against the token grid, before the model is loaded."""
+    from ..thor_qgis.tiling import check_margin
+
+    try:
+        check_margin(context_margin(alg, parameters, context), model.grid_side(scale_m), model.image_size)
+    except ThorInputError as e:
+        raise QgsProcessingException(str(e)) from None
 
 
 def add_pooling_param(alg, tr) -> None:
@@ -248,9 +258,12 @@ def to_spec(cls, **values):
 
 
 def check_model_values(alg, parameters, context) -> Tuple[bool, Optional[str]]:
-    """For ``checkParameterValues``: the cross-field checks of the model spec, before anything runs."""
+    """For ``checkParameterValues``: the cross-field checks of the model spec (and of the context margin,
+    where the algorithm has one), before anything runs."""
     try:
-        model_spec(alg, parameters, context)
+        model = model_spec(alg, parameters, context)
+        if alg.parameterDefinition(CONTEXT_MARGIN) is not None and alg.parameterDefinition(SCALE) is not None:
+            check_context_margin(alg, parameters, context, model, alg.parameterAsDouble(parameters, SCALE, context))
         return True, None
     except QgsProcessingException as e:
         return False, str(e)

@@ -84,6 +84,11 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
                                nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels),
                                strip_rows=layout.core) as out:
         pending: List[Tuple[Tile, np.ndarray, np.ndarray]] = []
+        # One row of tiles is assembled in memory and written as whole strips, each exactly once: a strip
+        # written in pieces could be evicted from GDAL's cache half-done, recompressed and written again
+        # (the file grows). Memory holds one row of the output, however large the area.
+        row_buf = np.full((channels, layout.core, width), GRID_NODATA, dtype=np.float32)
+        row = None
 
         def flush() -> None:
             nonlocal embedded
@@ -94,20 +99,23 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
             grids = embedder.grid(np.stack([a for _, a, _ in pending]), group_merge=group_merge)
             for (tile, _, cells), g in zip(pending, grids):
                 g[:, ~cells] = GRID_NODATA
-                xoff, yoff, _, _ = layout.output_window(tile)
-                out.write(layout.written(g), xoff, yoff)
+                xoff, _, w, _ = layout.output_window(tile)
+                row_buf[:, :, xoff:xoff + w] = layout.written(g)
             embedded += len(pending)
             pending.clear()
 
-        row = None
+        def write_row() -> None:
+            flush()
+            if row is not None:
+                out.write(row_buf, 0, row * layout.core)
+                out.flush()
+                row_buf.fill(GRID_NODATA)
+
         for tile, arr, valid in _items(source):
             if is_canceled():
                 raise ThorCanceled("canceled")
             if tile.row != row:
-                # a row of tiles is complete: write its strips out of GDAL's cache, so memory holds one
-                # row of the output at most, however large the area
-                flush()
-                out.flush()
+                write_row()
                 row = tile.row
             pixels = np.any(arr != fill_value, axis=0)
             if valid is None:
@@ -118,7 +126,7 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
             if len(pending) >= batch_size:
                 flush()
             progress(done / total)
-        flush()
+        write_row()
         record["grid"]["tiles_embedded"] = embedded
         record["grid"]["tiles_without_data"] = total - embedded
         out.set_metadata({gdal_io.CONFIG_KEY: record, **items})

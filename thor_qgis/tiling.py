@@ -102,6 +102,20 @@ class TileLayout:
         return (tile.bounds[0], s, 0.0, tile.bounds[3], 0.0, -s)
 
 
+def check_margin(margin: int, grid_side: int, image_size: int) -> int:
+    """A context margin leaves a centre, and shifts tiles by whole pixels (so they stay on the grid)."""
+    margin, n = int(margin), int(grid_side)
+    if margin < 0 or 2 * margin >= n:
+        raise ThorInputError(
+            f"the context margin must be 0 to {(n - 1) // 2} tokens for a {n} x {n} token grid, got {margin}")
+    if (margin * int(image_size)) % n:
+        step = n // math.gcd(n, int(image_size))
+        raise ThorInputError(
+            f"a context margin of {margin} tokens is {margin * image_size / n:g} pixels, which would put tiles "
+            f"off the pixel grid: use a multiple of {step}")
+    return margin
+
+
 def layout_for_area(bounds: Bounds, crs: str, scale_m: float, image_size: int, grid_side: int,
                     snap_to: float = 0.0, margin: int = 0) -> TileLayout:
     """Cut ``bounds`` (in the metric ``crs``) into tiles of ``scale_m * image_size`` metres.
@@ -110,11 +124,7 @@ def layout_for_area(bounds: Bounds, crs: str, scale_m: float, image_size: int, g
     tile pixels line up with a source raster's pixel grid or a fixed UTM grid. ``margin`` (tokens) makes
     tiles overlap and keeps each tile's centre (see the module's docstring).
     """
-    margin = int(margin)
-    if margin < 0 or 2 * margin >= int(grid_side):
-        raise ThorInputError(
-            f"the context margin must be 0 to {(int(grid_side) - 1) // 2} tokens for a {grid_side} x {grid_side} "
-            f"token grid, got {margin}")
+    margin = check_margin(margin, grid_side, image_size)
     xmin, ymin, xmax, ymax = (float(b) for b in bounds)
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
         raise ThorInputError(f"the area's bounds are not finite numbers: {bounds}")

@@ -160,3 +160,28 @@ def test_overlapping_tiles_place_every_token_where_it_belongs(tmp_path, margin):
 def test_context_margin_must_leave_a_centre():
     with pytest.raises(Exception, match="context margin"):
         tiling.layout_for_area((0, 0, 1000, 1000), "EPSG:32632", 10, 288, 18, margin=9)
+
+
+def test_rows_larger_than_gdal_cache_do_not_grow_the_file(tmp_path):
+    """Rows are written as whole strips once: even a row far larger than GDAL's cache gives the file a
+    large cache gives."""
+    layout = _layout(16, 3)  # a row: 128 channels x 18 x 288 px x 4 B = 2.65 MB
+    old = gdal.GetCacheMax()
+    sizes = []
+    try:
+        for cache_mb in (512, 1):
+            gdal.SetCacheMax(cache_mb * 1024 * 1024)
+            path = str(tmp_path / f"r{cache_mb}.tif")
+            pipeline.write_grid(layout, _tiles(layout, lambda t: (t.index * 7) % 5 + 1),
+                                CountingModel(channels=128), "mean", path)
+            sizes.append(os.path.getsize(path))
+    finally:
+        gdal.SetCacheMax(old)
+    assert sizes[0] == sizes[1]
+
+
+def test_context_margin_keeps_tiles_on_the_pixel_grid():
+    # 288 px, 54 tokens (scale 30 m): one token is 5.33 px, so a margin of 1 would shift tiles off the grid
+    with pytest.raises(Exception, match="off the pixel grid: use a multiple of 3"):
+        tiling.layout_for_area((0, 0, 10000, 10000), "EPSG:32632", 30, 288, 54, margin=1)
+    assert tiling.layout_for_area((0, 0, 10000, 10000), "EPSG:32632", 30, 288, 54, margin=3).margin == 3

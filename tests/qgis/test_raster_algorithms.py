@@ -239,7 +239,9 @@ def test_extent_given_as_a_layer_path_with_digits(plugin, fixture_raster, tmp_pa
     import shutil
     from pathlib import Path
 
-    folder = Path("/tmp/thor-extent-check")  # no digits before the name's: "9,8,7,6" reads as inverted
+    # a path whose numbers, read as coordinates, are inverted (pid ≥ 10 > 9): a typed-extent check that
+    # misreads paths refuses it
+    folder = Path(f"/tmp/thor-extent-check-{os.getpid()}")
     folder.mkdir(exist_ok=True)
     named = folder / "s2_9_8_7_6.tif"
     shutil.copy(fixture_raster, named)
@@ -299,3 +301,10 @@ def test_context_margin_overlaps_tiles_and_keeps_the_grid(plugin, sample_raster,
     assert np.isfinite(gb).all() and not np.any(gb == -9999.0)
     cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
     assert cfg["grid"]["context_margin_tokens"] == 3 and cfg["grid"]["tile_step_m"] == 1920.0
+
+
+def test_context_margin_out_of_range_is_refused_before_running(plugin, fixture_raster, tmp_path):
+    with pytest.raises(QgsProcessingException, match="context margin must be 0 to 8"):
+        run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "CONTEXT_MARGIN": 9,
+                                 "OUTPUT": str(tmp_path / "m.tif")})
+    assert not list(tmp_path.iterdir())
