@@ -54,7 +54,7 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
     dim = embedder.metadata["embed_dim"]
     fields = output_fields(source.fields(), dim)
     target = _sink_file(alg.parameterAsOutputLayer(parameters, OUTPUT, context))
-    existed = target is not None and os.path.exists(target)
+    before = _siblings(target)
     sink, dest = alg.parameterAsSink(parameters, OUTPUT, context, fields, source.wkbType(), source.sourceCrs())
     if sink is None:
         raise QgsProcessingException(alg.invalidSinkError(parameters, OUTPUT))
@@ -62,18 +62,33 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
         counts = _fill_sink(sink, fields, source, crs_wkt, model, output, sensor, read_square, embedder, dim,
                             progress, is_canceled, status_fn, alg, parameters, context)
     except BaseException:
-        # canceled or failed: a file this run created is removed, so nothing half-written is left or loaded
-        del sink
-        if target is not None and not existed:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                try:
-                    os.remove(target + suffix)
-                except OSError:
-                    pass
+        # canceled or failed: close the writer now (the traceback still references it), then remove the
+        # files this run created (x.gpkg and its journals, or x.shp, x.dbf, x.shx, x.prj, ...)
+        import sip
+
+        sip.delete(sink)
+        for path in _siblings(target) - before:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
         raise
     feedback.pushInfo(f"{counts['ok']} feature(s) embedded, {counts['other']} without an embedding "
                       f"(see the thor_status field).")
     return dest, counts
+
+
+def _siblings(target):
+    """Files that share ``target``'s name up to its extension (x.gpkg-wal, x.dbf, ...)."""
+    if target is None:
+        return set()
+    folder, name = os.path.split(target)
+    stem = os.path.splitext(name)[0]
+    try:
+        return {os.path.join(folder, f) for f in os.listdir(folder) if os.path.splitext(f)[0] == stem
+                or f.startswith(name + "-")}
+    except OSError:
+        return set()
 
 
 def _sink_file(dest: str):

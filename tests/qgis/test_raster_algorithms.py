@@ -265,14 +265,18 @@ def test_canceled_pooled_run_leaves_no_file(plugin, fixture_raster, tmp_path):
         f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(600500.0 + 150 * i, 5099000.0)))
         feats.append(f)
     pts.dataProvider().addFeatures(feats)
-    feedback = QgsProcessingFeedback()
-    feedback.progressChanged.connect(lambda p: p > 50 and feedback.cancel(), Qt.DirectConnection)
-    out = tmp_path / "canceled.gpkg"
-    with pytest.raises(QgsProcessingException, match="Canceled"):
-        processing.run("thor:pooled_from_raster", {"FEATURES": pts, "INPUT": fixture_raster, **TINY,
-                                                   "BATCH_SIZE": 2, "OUTPUT": str(out)}, feedback=feedback)
-    assert not out.exists()
-    assert list(tmp_path.iterdir()) == []
+    for name in ("canceled.gpkg", "canceled.shp"):
+        feedback = QgsProcessingFeedback()
+        feedback.progressChanged.connect(lambda p, f=feedback: p > 50 and f.cancel(), Qt.DirectConnection)
+        out = tmp_path / name
+        with pytest.raises(QgsProcessingException, match="Canceled"):
+            processing.run("thor:pooled_from_raster", {"FEATURES": pts, "INPUT": fixture_raster, **TINY,
+                                                       "BATCH_SIZE": 2, "OUTPUT": str(out)}, feedback=feedback)
+        assert list(tmp_path.iterdir()) == []
+        # and nothing of it is still held open
+        held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")]
+        assert not [h for h in held if "canceled." in h]
 
 
 def test_web_mercator_input_is_warped_to_utm(plugin, tmp_path):
