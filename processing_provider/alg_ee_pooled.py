@@ -1,5 +1,4 @@
 """Pooled THOR embeddings for the features of a vector layer, from Earth Engine imagery."""
-import math
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,17 +50,6 @@ def working_crs(source, context, feedback) -> str:
     return f"EPSG:{utm_epsg(lon, lat)}"
 
 
-def runs(items: Sequence[Tuple[Square, object]]) -> List[Tuple[float, List[Tuple[Square, object]]]]:
-    """Consecutive items whose squares have the same half side: each run is one parallel fetch."""
-    out: List[Tuple[float, List[Tuple[Square, object]]]] = []
-    for sq, key in items:
-        half = (sq[2] - sq[0]) / 2.0
-        if out and math.isclose(out[-1][0], half, rel_tol=1e-9, abs_tol=1e-9):
-            out[-1][1].append((sq, key))
-        else:
-            out.append((half, [(sq, key)]))
-    return out
-
 
 def ee_status(valid_fraction: float) -> str:
     """The thor_status of a feature whose imagery came from Earth Engine."""
@@ -78,7 +66,7 @@ class PatchReader:
 
     def __init__(self, items: Sequence[Tuple[Square, object]], crs: str, sensor, temporal, *, image_size: int,
                  workers: int, cache: bool, is_canceled, log):
-        self._runs = runs(items)
+        self._items = list(items)
         self._crs, self._sensor, self._temporal = crs, sensor, temporal
         self._kw = dict(image_size=int(image_size), workers=workers, cache=cache, is_canceled=is_canceled,
                         log=log, on_empty="fill")
@@ -90,16 +78,17 @@ class PatchReader:
     def _patches(self) -> Iterator[Tuple[Square, object, object]]:
         from ..thor_qgis import ee_fetch
 
-        for half, items in self._runs:
-            centres = [((sq[0] + sq[2]) / 2.0, (sq[1] + sq[3]) / 2.0) for sq, _ in items]
-            self._current = ee_fetch.fetch_patches(centres, half, self._crs, self._sensor, self._temporal,
-                                                   **self._kw)
-            try:
-                for i, patch in self._current:
-                    yield items[i][0], items[i][1], patch
-            finally:
-                self._current.close()
-                self._current = None
+        items = self._items
+        centres = [((sq[0] + sq[2]) / 2.0, (sq[1] + sq[3]) / 2.0) for sq, _ in items]
+        halves = [(sq[2] - sq[0]) / 2.0 for sq, _ in items]
+        self._current = ee_fetch.fetch_patches(centres, halves, self._crs, self._sensor, self._temporal,
+                                               **self._kw)
+        try:
+            for i, patch in self._current:
+                yield items[i][0], items[i][1], patch
+        finally:
+            self._current.close()
+            self._current = None
 
     def read(self, square: Square):
         if self._iter is None:

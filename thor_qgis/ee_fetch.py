@@ -726,23 +726,33 @@ class Patch:
         return self.grid.pixel_size
 
 
-def fetch_patches(centers: Sequence[Tuple[float, float]], half_side: float, crs: str, sensor: SensorSpec,
+def fetch_patches(centers: Sequence[Tuple[float, float]], half_side: Union[float, Sequence[float]], crs: str,
+                  sensor: SensorSpec,
                   temporal: TemporalSpec, *, image_size: int, workers: Optional[int] = None, cache: Any = True,
                   is_canceled: IsCanceled = None, log: Log = None, policy: Optional[RetryPolicy] = None,
                   on_empty: str = "error", stats: Optional[FetchStats] = None,
                   max_outstanding: Optional[int] = None) -> Iterator[Tuple[int, Patch]]:
     """For each centre (in the metric ``crs``), the square of side ``2 * half_side`` as ``image_size``
     pixels a side (pixel size ``2 * half_side / image_size``, recorded in each Patch), yielded in order
-    with its index. Parallel like :func:`fetch_tiles`."""
+    with its index. ``half_side`` is one distance for all, or one per centre (squares of different sizes
+    are fetched in parallel too). Parallel like :func:`fetch_tiles`."""
     w = clamp_workers(workers, log)
-    grids = [square_grid(float(x), float(y), float(half_side), crs, image_size) for x, y in centers]
+    if isinstance(half_side, (int, float)):
+        halves = [float(half_side)] * len(centers)
+    else:
+        halves = [float(h) for h in half_side]
+        if len(halves) != len(centers):
+            raise ThorConfigError(f"{len(halves)} half sides for {len(centers)} centres")
+    grids = [square_grid(float(x), float(y), h, crs, image_size) for (x, y), h in zip(centers, halves)]
     runner = _prepare_run(sensor, temporal, cache=cache, policy=policy, is_canceled=is_canceled,
                           on_empty=on_empty, stats=stats, log=log)
     limit = max(w, int(max_outstanding) if max_outstanding else 2 * w)
     if grids and log:
-        px = grids[0].pixel_size
-        note = "" if abs(px - sensor.scale_m) < 1e-9 else f" (not the sensor's {sensor.scale_m:g} m)"
-        log(f"Earth Engine: {len(grids)} patches of {image_size}x{image_size} px at {px:g} m{note}, "
+        lo, hi = min(g.pixel_size for g in grids), max(g.pixel_size for g in grids)
+        px = f"{lo:g} m" if hi - lo < 1e-9 else f"{lo:g} to {hi:g} m"
+        note = "" if abs(hi - sensor.scale_m) < 1e-9 and abs(lo - sensor.scale_m) < 1e-9 else \
+            f" (not the sensor's {sensor.scale_m:g} m)"
+        log(f"Earth Engine: {len(grids)} patches of {image_size}x{image_size} px at {px}{note}, "
             f"{_describe(sensor, temporal)}; {w} parallel requests")
     jobs = (_Job(f"feature {i}", g, g.bounds, i) for i, g in enumerate(grids))
 

@@ -317,19 +317,22 @@ def test_pooled_points_one_row_each_with_finite_vectors(fake, tiny, tmp_path):
 def test_pooled_polygons_by_bounding_square(fake, tiny, tmp_path):
     layer = QgsVectorLayer("Polygon?crs=EPSG:32633&field=name:string", "polys", "memory")
     feats = []
-    for name, (x0, y0, w, h) in (("small", (500000, 4000000, 1000, 600)), ("large", (510000, 4000000, 5000, 2000))):
+    for name, (x0, y0, w, h) in (("small", (500000, 4000000, 1000, 600)), ("large", (510000, 4000000, 5000, 2000)),
+                                 ("mid", (520000, 4000000, 3000, 1000)), ("tall", (530000, 4000000, 800, 2400))):
         f = QgsFeature(layer.fields())
         f.setAttributes([name])
         f.setGeometry(QgsGeometry.fromRect(QgsRectangle(x0, y0, x0 + w, y0 + h)))
         feats.append(f)
     layer.dataProvider().addFeatures(feats)
     out = tmp_path / "polys.gpkg"
+    fake.latency_s = 0.1
     res = run("ee_pooled", {"FEATURES": layer, **tiny, "OUTPUT": str(out)})
-    assert res["EMBEDDED"] == 2
+    assert res["EMBEDDED"] == 4
+    assert fake.max_concurrency > 1  # squares of different sizes are fetched in parallel too
     _, rows = _rows(out)
     assert all(f["thor_status"] == "ok" and np.isfinite(_vector(f)).all() for f in rows.values())
     sizes = sorted(r.body["grid"]["affineTransform"]["scaleX"] * 288 for r in fake.compute_requests())
-    assert sizes == pytest.approx([1000.0, 5000.0])  # the bounding squares' sides
+    assert sizes == pytest.approx([1000.0, 2400.0, 3000.0, 5000.0])  # the bounding squares' sides
 
 
 def test_pooled_feature_without_imagery_gets_a_status_not_a_vector(fake, tiny, tmp_path):
