@@ -81,6 +81,7 @@ class EECompositeAlgorithm(ThorAlgorithm):
 
         bounds, crs = E.utm_area(area)
         layout = ee_fetch.composite_layout(bounds, crs, sensor.scale_m)
+        E.check_request_count(layout.n_tiles, f"blocks of {layout.image_size} × {layout.image_size} px")
         feedback.pushInfo(f"Area in {crs}: ({bounds[0]:.1f}, {bounds[1]:.1f}) – ({bounds[2]:.1f}, {bounds[3]:.1f}); "
                           f"{layout.n_tiles} request(s) of up to {layout.image_size} × {layout.image_size} px "
                           f"at {sensor.scale_m:g} m.")

@@ -118,6 +118,10 @@ class EEGridAlgorithm(ThorAlgorithm):
             s = sensor.scale_m
             cx, cy = snap_to_grid((bounds[0] + bounds[2]) / 2, s), snap_to_grid((bounds[1] + bounds[3]) / 2, s)
             bounds = (cx - half, cy - half, cx + half, cy + half)
+        # before anything is loaded: the tiles this area needs (the model's grid only shifts them)
+        estimate = layout_for_area(bounds, crs, sensor.scale_m, model.image_size, model.grid_side(sensor.scale_m),
+                                   snap_to=sensor.scale_m, margin=P.context_margin(self, parameters, context))
+        E.check_request_count(estimate.n_tiles, f"tiles of {estimate.tile_size_m:g} m")
 
         # the session first: a missing project or credentials is reported before the model is loaded
         session = E.open_session(cfg, steps)

@@ -252,6 +252,25 @@ def read_point(alg, parameters, name: str, context) -> Optional[AreaInput]:
     return AreaInput("point", crs_string(crs), point=(pt.x(), pt.y()))
 
 
+DEFAULT_MAX_REQUESTS = 10000
+
+
+def check_request_count(n: int, what: str) -> None:
+    """Refuse a run that would send more than ``$THOR_EE_MAX_REQUESTS`` (10 000) requests: usually an
+    extent typed in the wrong order or the wrong CRS, which would otherwise run for days."""
+    from qgis.core import QgsProcessingException
+
+    try:
+        limit = int(os.environ.get("THOR_EE_MAX_REQUESTS", "") or DEFAULT_MAX_REQUESTS)
+    except ValueError:
+        limit = DEFAULT_MAX_REQUESTS
+    if n > limit:
+        raise QgsProcessingException(
+            f"This area needs {n:,} Earth Engine requests ({what}), more than the limit of {limit:,}. Check the "
+            "extent: QGIS extents are xmin, xmax, ymin, ymax, in the CRS given in brackets. For a really large "
+            "area, raise the limit with the environment variable THOR_EE_MAX_REQUESTS.")
+
+
 def utm_area(area: AreaInput, half_side_m: Optional[float] = None):
     """``(bounds, "EPSG:326zz"/"EPSG:327zz")``: the area in the WGS 84 / UTM zone of its centre; a point
     becomes the square of side ``2 * half_side_m`` around it. Worker-safe (GDAL only)."""

@@ -78,6 +78,8 @@ _REDACTIONS = (
     (re.compile(r"(?i)([\"']?(?:access_token|refresh_token|id_token|client_secret|private_key|private_key_id|"
                 r"assertion|api_key|token)[\"']?\s*[:=]\s*)([\"']?)[^\"'\s,;&}]+\2"),
      r"\1\2[redacted]\2"),
+    (re.compile(r"(?i)\b(https?://)[^/@\s]+@"), r"\1[redacted]@"),  # user:password@ in a URL
+    (re.compile(r"(?i)([?&](?:key|access_token|token)=)[^&\s]+"), r"\1[redacted]"),  # secrets in a query
 )
 
 
@@ -146,7 +148,8 @@ class EESessionInfo:
     auth: str  # where the credentials came from, in words
 
     def as_record(self) -> Dict[str, Any]:
-        return {"project": self.project, "api_url": self.api_url or "default", "auth": self.auth}
+        return {"project": self.project, "api_url": redact(self.api_url) if self.api_url else "default",
+                "auth": self.auth}
 
 
 def _file_stamp(path: str) -> Tuple[str, int, int]:
@@ -346,7 +349,7 @@ def ensure_session(project: Optional[str] = None, *, url: Optional[str] = None,
                 "finish, or run this one with the same project")
         info = EESessionInfo(project=chosen, api_url=api_url, auth=auth)
         if log:
-            log(f"Earth Engine: initialising (project {chosen}, API {api_url or 'default'}, "
+            log(f"Earth Engine: initialising (project {chosen}, API {redact(api_url) if api_url else 'default'}, "
                 f"credentials: {auth})")
         _STATE.update(key=None, info=None, deadline_s=None)
         ee.Reset()

@@ -313,3 +313,11 @@ def test_http_errors_from_the_service_are_translated(fake_ee, status, words):
     assert words in str(err.value)
     retried = status in ee_session.RETRYABLE_STATUS
     assert fake_ee.count() == (2 if retried else 1)
+
+
+def test_secrets_in_an_endpoint_url_are_redacted():
+    info = ee_session.EESessionInfo(project="p", api_url="https://user:pa55word@ee.example.org/api?key=s3cr3tk3y&x=1",
+                                    auth="a")
+    rec = str(info.as_record())
+    assert "pa55word" not in rec and "s3cr3tk3y" not in rec and "user:" not in rec
+    assert "ee.example.org/api" in rec and "x=1" in rec

@@ -539,3 +539,13 @@ def test_cancel_during_ee_grid_stops_promptly_and_leaves_nothing(fake, tiny, tmp
     assert all(r.start <= marks["canceled"] + 0.01 for r in reqs)
     assert any(r.end == 0.0 or r.end > raised for r in reqs), "the cancel waited for the requests in flight"
     assert _leftovers(tmp_path, "out_cancel") == []
+
+
+def test_an_extent_typed_in_the_wrong_order_is_refused_before_any_request(fake, tiny, tmp_path):
+    # xmin, ymin, xmax, ymax instead of QGIS's xmin, xmax, ymin, ymax: a 3500 km x 3500 km area
+    for alg in ("ee_grid", "ee_composite"):
+        with pytest.raises(QgsProcessingException, match="Earth Engine requests"):
+            run(alg, {"EXTENT": "500000,4000000,501000,4001000 [EPSG:32633]", **tiny,
+                      "OUTPUT": str(tmp_path / f"{alg}.tif")})
+    assert fake.compute_requests() == []
+    assert not list(tmp_path.glob("*.tif"))
