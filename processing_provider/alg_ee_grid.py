@@ -2,10 +2,8 @@
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
-    QgsProcessingOutputNumber,
     QgsProcessingParameterExtent,
     QgsProcessingParameterPoint,
-    QgsProcessingParameterRasterDestination,
 )
 
 from . import ee_params as E
@@ -59,10 +57,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
-        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr("THOR grid")))
-        for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"),
-                           ("BANDS", "Embedding channels"), ("TILES", "Tiles")):
-            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+        P.add_grid_destination(self, self.tr, OUTPUT)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)

@@ -2,10 +2,8 @@
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
-    QgsProcessingOutputNumber,
     QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
@@ -88,10 +86,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
         P.add_scale_fill_params(self, self.tr)
-        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr("THOR grid")))
-        for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"),
-                           ("BANDS", "Embedding channels"), ("TILES", "Tiles")):
-            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+        P.add_grid_destination(self, self.tr, OUTPUT)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)

@@ -137,6 +137,16 @@ def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale
         raise QgsProcessingException(str(e)) from None
 
 
+def add_grid_destination(alg, tr, name: str = "OUTPUT") -> None:
+    """The grid GeoTIFF and the numbers every grid algorithm returns with it."""
+    from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterRasterDestination
+
+    alg.addParameter(QgsProcessingParameterRasterDestination(name, tr("THOR grid")))
+    for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"),
+                       ("BANDS", "Embedding channels"), ("TILES", "Tiles")):
+        alg.addOutput(QgsProcessingOutputNumber(key, tr(label)))
+
+
 def add_pooling_param(alg, tr) -> None:
     alg.addParameter(_enum(POOLING, tr("Pooling"), specs.POOLINGS, "mean"))
 
