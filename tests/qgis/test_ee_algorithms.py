@@ -549,3 +549,31 @@ def test_an_extent_typed_in_the_wrong_order_is_refused_before_any_request(fake, 
                       "OUTPUT": str(tmp_path / f"{alg}.tif")})
     assert fake.compute_requests() == []
     assert not list(tmp_path.glob("*.tif"))
+
+
+def test_qgis_process_runs_ee_composite_and_ee_pooled(fake, tiny, tmp_path):
+    env = {"THOR_EE_API_URL": fake.url, "THOR_CACHE_DIR": str(tmp_path / "qp_cache")}
+    comp = tmp_path / "qp_composite.tif"
+    r = run_qgis_process("--json", "run", "thor:ee_composite", "--",
+                         "EXTENT=500000,501000,3999000,4000000 [EPSG:32633]", f"PROJECT={DEFAULT_PROJECT}",
+                         f"OUTPUT={comp}", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"]["OUTPUT"] == str(comp)
+    ds = gdal.Open(str(comp))
+    assert ds.RasterCount == 10 and (ds.RasterXSize, ds.RasterYSize) == (100, 100)
+    assert ds.GetGeoTransform() == (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
+    assert epsg_of(ds.GetProjection()) == 32633
+
+    pts = tmp_path / "pts.geojson"
+    x, y = _utm(15.01, 36.1, 32633)
+    pts.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
+        "name": "urn:ogc:def:crs:EPSG::32633"}}, "features": [{"type": "Feature", "properties": {"name": "a"},
+                                                               "geometry": {"type": "Point", "coordinates": [x, y]}}]}))
+    out = tmp_path / "qp_pooled.gpkg"
+    r = run_qgis_process("--json", "run", "thor:ee_pooled", "--", f"FEATURES={pts}", f"PROJECT={DEFAULT_PROJECT}",
+                         "MODEL_KEY=thor_v1_tiny", f"CHECKPOINT={FIXTURE_CKPT}", f"OUTPUT={out}", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"]
+    assert res["EMBEDDED"] == 1
+    _, rows = _rows(out)
+    assert rows["a"]["thor_status"] == "ok" and np.isfinite(_vector(rows["a"])).all()
