@@ -11,7 +11,7 @@ from . import ee_params as E
 from . import params as P
 from .base import GROUP_EE, ThorAlgorithm
 from .provider import plugin_version
-from .styling import attach, style_true_colour
+from .styling import style_true_colour
 
 EXTENT = "EXTENT"
 OUTPUT = "OUTPUT"
@@ -22,6 +22,7 @@ OUTPUT = "OUTPUT"
 class EECompositeAlgorithm(ThorAlgorithm):
     NAME = "ee_composite"
     DISPLAY = "Sentinel-2 composite from Earth Engine"
+    STYLE = style_true_colour
     GROUP = GROUP_EE
     REQUIRES = ("osgeo", "ee")
     HELP = ("Fetches a Sentinel-2 surface reflectance composite (median, mean, min, max or least-cloudy mosaic "
@@ -61,11 +62,6 @@ class EECompositeAlgorithm(ThorAlgorithm):
         if area is None:
             raise QgsProcessingException("Give the extent to fetch.")
         return area
-
-    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
-        if getattr(self, "_dest", None):
-            attach(self, context, self._dest, style_true_colour)
-        return {}
 
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import ee_fetch, ee_session

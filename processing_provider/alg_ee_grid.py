@@ -11,7 +11,7 @@ from . import params as P
 from .alg_raster_pooled import BUFFER, add_buffer_param, buffer_m
 from .base import GROUP_EE, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
-from .styling import attach, style_rgb_stretch
+from .styling import style_rgb_stretch
 
 EXTENT = "EXTENT"
 POINT = "POINT"
@@ -27,6 +27,7 @@ def snap_to_grid(value: float, step: float) -> float:
 class EEGridAlgorithm(ThorAlgorithm):
     NAME = "ee_grid"
     DISPLAY = "THOR grid from Earth Engine"
+    STYLE = style_rgb_stretch
     GROUP = GROUP_EE
     REQUIRES = ("osgeo", "torch", "ee")
     HELP = ("Fetches a Sentinel-2 surface reflectance composite from Google Earth Engine tile by tile and runs "
@@ -84,11 +85,6 @@ class EEGridAlgorithm(ThorAlgorithm):
         if extent is None and point is None:
             raise QgsProcessingException("Neither an extent nor a point was given. " + AREA_HELP)
         return extent or point
-
-    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
-        if getattr(self, "_dest", None):
-            attach(self, context, self._dest, style_rgb_stretch)
-        return {}
 
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import ee_fetch, ee_session, pipeline

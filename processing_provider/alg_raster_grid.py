@@ -11,7 +11,7 @@ from qgis.core import (
 from . import params as P
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
-from .styling import attach, style_rgb_stretch
+from .styling import style_rgb_stretch
 
 INPUT = "INPUT"
 BAND_MAP = "BAND_MAP"
@@ -68,6 +68,7 @@ def extent_of(alg, parameters, context, layer):
 class RasterGridAlgorithm(ThorAlgorithm):
     NAME = "grid_from_raster"
     DISPLAY = "THOR grid from raster layer"
+    STYLE = style_rgb_stretch
     GROUP = GROUP_RASTER
     REQUIRES = ("osgeo", "torch")
     HELP = ("Runs THOR on a Sentinel-2 surface reflectance raster and writes its token grid as a georeferenced "
@@ -93,11 +94,6 @@ class RasterGridAlgorithm(ThorAlgorithm):
         if not ok:
             return ok, msg
         return super().checkParameterValues(parameters, context)
-
-    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
-        if getattr(self, "_dest", None):
-            attach(self, context, self._dest, style_rgb_stretch)
-        return {}
 
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import pipeline

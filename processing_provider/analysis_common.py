@@ -2,7 +2,6 @@
 from qgis.core import QgsProcessingException, QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer
 
 from .base import GROUP_ANALYSIS, ThorAlgorithm
-from .styling import attach
 
 INPUT = "INPUT"
 OUTPUT = "OUTPUT"
@@ -23,7 +22,6 @@ class AnalysisAlgorithm(ThorAlgorithm):
 
     GROUP = GROUP_ANALYSIS
     REQUIRES = ("osgeo",)
-    STYLE = None  # style function of the output layer
     OUTPUT_LABEL = "Output"
 
     def add_input(self, name: str = INPUT, label: str = "Embedding raster (one band per channel)"):
@@ -35,8 +33,3 @@ class AnalysisAlgorithm(ThorAlgorithm):
     def finish(self, parameters, context, record: dict) -> dict:
         self._dest = record.get("output") or self.parameterAsOutputLayer(parameters, OUTPUT, context)
         return {OUTPUT: self._dest}
-
-    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
-        if getattr(self, "_dest", None) and self.STYLE is not None:
-            attach(self, context, self._dest, type(self).STYLE)
-        return {}

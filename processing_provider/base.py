@@ -37,6 +37,7 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
     GROUP = GROUP_RASTER
     REQUIRES: Tuple[str, ...] = ("osgeo",)
     HELP = ""
+    STYLE = None  # style function (layer) -> None for the raster output that ``execute`` sets as ``_dest``
 
     # --- identity ------------------------------------------------------------------------
     def tr(self, text):
@@ -101,6 +102,14 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
 
     def execute(self, parameters, context, feedback) -> dict:
         raise NotImplementedError
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
+        """Style the output layer, if Processing loads it (``execute`` stored its path in ``_dest``)."""
+        if getattr(self, "_dest", None) and self.STYLE is not None:
+            from .styling import attach
+
+            attach(self, context, self._dest, type(self).STYLE)
+        return {}
 
     def hold(self, context_manager):
         """Enter ``context_manager`` for the rest of this run (exited when ``execute`` ends, however)."""
