@@ -411,33 +411,15 @@ def test_qgis_process_runs_ee_grid(fake, tiny, tmp_path):
 
 
 def test_ee_grid_from_the_toolbox_runs_off_the_main_thread_and_loads_styled(fake, tiny, tmp_path):
-    from processing.gui.Postprocessing import handleAlgorithmResults
-    from qgis.core import (QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext,
-                           QgsProcessingOutputLayerDefinition, QgsProject, QgsRasterLayer)
+    from qgis.core import QgsProject, QgsRasterLayer
 
-    from tests.qgis.test_toolbox_and_modeler import _wait
+    from tests.qgis.test_toolbox_and_modeler import _run_as_toolbox
 
-    alg = QgsApplication.processingRegistry().createAlgorithmById("thor:ee_grid")
     project = QgsProject.instance()
-    context = QgsProcessingContext()
-    context.setProject(project)
-    feedback = QgsProcessingFeedback()
     out = str(tmp_path / "task_ee_grid.tif")
-    params = {"EXTENT": "500000,502880,3997120,4000000 [EPSG:32633]", **tiny,
-              "OUTPUT": QgsProcessingOutputLayerDefinition(out, project)}
-    threads, done = set(), {}
-    feedback.progressChanged.connect(lambda p: threads.add(threading.get_ident()), Qt.DirectConnection)
-    task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
-
-    def executed(ok, results):
-        done["ok"], done["results"] = ok, results
-        if ok:
-            handleAlgorithmResults(alg, context, feedback, showResults=False, parameters=params)
-
-    task.executed.connect(executed)
-    QgsApplication.taskManager().addTask(task)
-    _wait(task)
-    assert done.get("ok") and done["results"]["OUTPUT"] == out
+    params = {"EXTENT": "500000,502880,3997120,4000000 [EPSG:32633]", **tiny, "OUTPUT": out}
+    ok, results, threads, _ = _run_as_toolbox(params, alg_id="thor:ee_grid")
+    assert ok and results["OUTPUT"] == out
     assert threads and threading.get_ident() not in threads, "processAlgorithm ran on the main thread"
     layers = [lyr for lyr in project.mapLayers().values()
               if isinstance(lyr, QgsRasterLayer) and os.path.abspath(lyr.source()) == out]

@@ -36,11 +36,11 @@ def _wait(task, timeout=300):
         QgsApplication.processEvents()
 
 
-def _run_as_toolbox(params, cancel_after_progress=None):
-    """Run thor:grid_from_raster as the toolbox does; returns (ok, results, thread ids, progress, context)."""
+def _run_as_toolbox(params, cancel_after_progress=None, alg_id="thor:grid_from_raster"):
+    """Run an algorithm as the toolbox does; returns (ok, results, thread ids, progress)."""
     from processing.gui.Postprocessing import handleAlgorithmResults
 
-    alg = QgsApplication.processingRegistry().createAlgorithmById("thor:grid_from_raster")
+    alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
     project = QgsProject.instance()
     context = QgsProcessingContext()
     context.setProject(project)
