@@ -3,6 +3,7 @@ from qgis.core import QgsProcessingParameterNumber
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
+from .compat import NUMBER_INTEGER
 from .params import _advanced
 from .styling import style_classes
 
@@ -24,14 +25,14 @@ class ClustersAlgorithm(AnalysisAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_input()
         self.addParameter(QgsProcessingParameterNumber(
-            K, self.tr("Number of classes (k)"), QgsProcessingParameterNumber.Integer, defaultValue=6))
+            K, self.tr("Number of classes (k)"), NUMBER_INTEGER, defaultValue=6))
         self.addParameter(QgsProcessingParameterNumber(
-            SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+            SEED, self.tr("Random seed"), NUMBER_INTEGER, defaultValue=0, minValue=0))
         self.addParameter(_advanced(QgsProcessingParameterNumber(
-            SAMPLE_SIZE, self.tr("Pixels sampled for fitting"), QgsProcessingParameterNumber.Integer,
+            SAMPLE_SIZE, self.tr("Pixels sampled for fitting"), NUMBER_INTEGER,
             defaultValue=50000, minValue=10)))
         self.addParameter(_advanced(QgsProcessingParameterNumber(
-            MAX_ITER, self.tr("Maximum iterations"), QgsProcessingParameterNumber.Integer, defaultValue=100,
+            MAX_ITER, self.tr("Maximum iterations"), NUMBER_INTEGER, defaultValue=100,
             minValue=1)))
         self.add_output()
 

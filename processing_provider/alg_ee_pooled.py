@@ -5,7 +5,6 @@ import numpy as np
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFeatureSink,
@@ -16,6 +15,7 @@ from . import ee_params as E
 from . import params as P
 from .alg_raster_pooled import OUTPUT, add_buffer_param, buffer_m, write_pooled_features
 from .base import GROUP_EE, ThorAlgorithm
+from .compat import SOURCE_VECTOR_ANY_GEOMETRY, WKT_PREFERRED_GDAL
 from .engine_run import resolve_common
 from .features import feature_square, to_crs
 
@@ -135,7 +135,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
             FEATURES, self.tr("Features (points or polygons)"),
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorLine]))
+            SOURCE_VECTOR_ANY_GEOMETRY))
         add_buffer_param(self, self.tr)
         P.add_temporal_params(self, self.tr)
         P.add_sensor_params(self, self.tr)
@@ -168,7 +168,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
         if source is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, FEATURES))
         crs = working_crs(source, context, feedback)
-        crs_wkt = QgsCoordinateReferenceSystem(crs).toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+        crs_wkt = QgsCoordinateReferenceSystem(crs).toWkt(WKT_PREFERRED_GDAL)
         session = E.open_session(cfg, feedback)
         # keep the process-wide Earth Engine client on this project until the run ends
         self.hold(ee_session.session_in_use(session))

@@ -3,6 +3,7 @@ from qgis.core import QgsProcessingParameterNumber
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
+from .compat import NUMBER_DOUBLE, NUMBER_INTEGER
 from .params import _advanced
 from .styling import style_rgb_bytes
 
@@ -25,15 +26,15 @@ class EmbeddingRgbAlgorithm(AnalysisAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_input()
         self.addParameter(_advanced(QgsProcessingParameterNumber(
-            SAMPLE_SIZE, self.tr("Pixels sampled for the PCA"), QgsProcessingParameterNumber.Integer,
+            SAMPLE_SIZE, self.tr("Pixels sampled for the PCA"), NUMBER_INTEGER,
             defaultValue=50000, minValue=100)))
         self.addParameter(_advanced(QgsProcessingParameterNumber(
-            SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0)))
+            SEED, self.tr("Random seed"), NUMBER_INTEGER, defaultValue=0, minValue=0)))
         self.addParameter(_advanced(QgsProcessingParameterNumber(
-            LOW, self.tr("Low percentile of the stretch"), QgsProcessingParameterNumber.Double,
+            LOW, self.tr("Low percentile of the stretch"), NUMBER_DOUBLE,
             defaultValue=2.0, minValue=0.0, maxValue=50.0)))
         self.addParameter(_advanced(QgsProcessingParameterNumber(
-            HIGH, self.tr("High percentile of the stretch"), QgsProcessingParameterNumber.Double,
+            HIGH, self.tr("High percentile of the stretch"), NUMBER_DOUBLE,
             defaultValue=98.0, minValue=50.0, maxValue=100.0)))
         self.add_output()
 

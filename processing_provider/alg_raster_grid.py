@@ -10,6 +10,7 @@ from qgis.core import (
 
 from . import params as P
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
+from .compat import NUMBER_DOUBLE
 from .engine_run import open_embedder, provenance, resolve_common
 from .styling import style_rgb_stretch
 
@@ -29,7 +30,7 @@ def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sen
                   "for a 13-band L1C stack 2,3,4,5,6,7,8,9,12,13."))
     alg.addParameter(p)
     alg.addParameter(P._help(QgsProcessingParameterNumber(
-        DN_OFFSET, tr("Offset added to the pixel values"), QgsProcessingParameterNumber.Double, defaultValue=0.0),
+        DN_OFFSET, tr("Offset added to the pixel values"), NUMBER_DOUBLE, defaultValue=0.0),
         tr("Sentinel-2 L2A products of processing baseline 04.00 or later (since January 2022) store "
            "reflectance × 10000 + 1000: use −1000 for them.")))
 

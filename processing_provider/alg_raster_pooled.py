@@ -5,7 +5,6 @@ import os
 from qgis.core import (
     QgsFeature,
     QgsFeatureSink,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
     QgsProcessingOutputNumber,
@@ -17,6 +16,7 @@ from qgis.core import (
 from . import params as P
 from .alg_raster_grid import add_raster_input_params, raster_source_for
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
+from .compat import NUMBER_DOUBLE, SOURCE_VECTOR_ANY_GEOMETRY
 from .engine_run import open_embedder, resolve_common
 from .features import feature_square, output_fields, status_for, to_crs
 
@@ -29,7 +29,7 @@ OUTPUT = "OUTPUT"
 def add_buffer_param(alg, tr) -> None:
     alg.addParameter(P._help(QgsProcessingParameterNumber(
         BUFFER, tr("Half side of the square around points (m; empty: half a tile, 1440 m by default)"),
-        QgsProcessingParameterNumber.Double, defaultValue=None, optional=True, minValue=1.0),
+        NUMBER_DOUBLE, defaultValue=None, optional=True, minValue=1.0),
         tr("Points take a square of side 2 × this around them; polygons and lines their bounding square. "
            "Half a tile (image size × pixel size / 2) reads the imagery with no resampling.")))
 
@@ -64,7 +64,7 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
     except BaseException:
         # canceled or failed: close the writer now (the traceback still references it), then remove the
         # files this run created (x.gpkg and its journals, or x.shp, x.dbf, x.shx, x.prj, ...)
-        import sip
+        from qgis.PyQt import sip
 
         sip.delete(sink)
         for path in _siblings(target) - before:
@@ -131,7 +131,7 @@ def _fill_sink(sink, fields, source, crs_wkt, model, output, sensor, read_square
                                               statuses.get(feature.id(), "")]
         attrs += [float(v) for v in vector] if vector is not None else [None] * dim
         out.setAttributes(attrs)
-        sink.addFeature(out, QgsFeatureSink.FastInsert)
+        sink.addFeature(out, QgsFeatureSink.Flag.FastInsert)
         counts["ok" if vector is not None else "other"] += 1
         progress((i + 1) / total)
     if is_canceled():
@@ -153,7 +153,7 @@ class RasterPooledAlgorithm(ThorAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
             FEATURES, self.tr("Features (points or polygons)"),
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorLine]))
+            SOURCE_VECTOR_ANY_GEOMETRY))
         add_raster_input_params(self, self.tr, RASTER)
         add_buffer_param(self, self.tr)
         P.add_model_params(self, self.tr)

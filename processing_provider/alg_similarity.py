@@ -1,7 +1,6 @@
 """Similarity map: cosine similarity of every pixel to the mean embedding under reference features."""
 from qgis.core import (
     QgsGeometry,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
@@ -9,6 +8,7 @@ from qgis.core import (
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
+from .compat import SOURCE_VECTOR_ANY_GEOMETRY
 from .features import to_crs
 from .styling import style_similarity
 
@@ -30,7 +30,7 @@ class SimilarityAlgorithm(AnalysisAlgorithm):
         self.add_input()
         self.addParameter(QgsProcessingParameterFeatureSource(
             REFERENCE, self.tr("Reference features (points or polygons)"),
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorLine]))
+            SOURCE_VECTOR_ANY_GEOMETRY))
         self.addParameter(QgsProcessingParameterBoolean(
             ALL_TOUCHED, self.tr("Polygons take every pixel they touch"), defaultValue=True))
         self.add_output()

@@ -24,6 +24,7 @@ from qgis.core import (
 )
 
 from . import params as P
+from .compat import FILE_BEHAVIOR_FILE, WKT_PREFERRED_GDAL
 from ..thor_qgis.errors import ThorConfigError
 
 PROJECT = "PROJECT"
@@ -70,7 +71,7 @@ def add_ee_params(alg, tr) -> None:
     alg.addParameter(p)
     alg.addParameter(P._advanced(QgsProcessingParameterFile(
         SERVICE_ACCOUNT_KEY, tr("Service-account JSON key (empty: the credentials of `earthengine authenticate`)"),
-        behavior=QgsProcessingParameterFile.File, extension="json", optional=True),
+        behavior=FILE_BEHAVIOR_FILE, extension="json", optional=True),
         tr("A JSON key of a service account registered for Earth Engine (Cloud console > IAM > Service "
            "accounts > Keys). Only its path is recorded, never its content.")))
     alg.addParameter(P._advanced(QgsProcessingParameterBoolean(
@@ -209,12 +210,10 @@ def is_unset(value: Any) -> bool:
 
 def crs_string(crs) -> str:
     """"EPSG:n" for an EPSG CRS, else its WKT (what GDAL and the engine take)."""
-    from qgis.core import QgsCoordinateReferenceSystem
-
     authid = crs.authid() or ""
     if authid.upper().startswith("EPSG:"):
         return authid.upper()
-    return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+    return crs.toWkt(WKT_PREFERRED_GDAL)
 
 
 def read_extent(alg, parameters, name: str, context) -> Optional[AreaInput]:

@@ -10,16 +10,9 @@ from qgis.core import (
     QgsGeometry,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
+from .compat import FIELD_DOUBLE, FIELD_STRING, GEOMETRY_POINT
 from ..thor_qgis.tiling import Bounds, bounding_square, square_around
-
-try:  # Qt 5 (QGIS 3)
-    _STRING, _DOUBLE = QVariant.String, QVariant.Double
-except AttributeError:  # Qt 6 (QGIS 4): field types are QMetaType types
-    from qgis.PyQt.QtCore import QMetaType
-
-    _STRING, _DOUBLE = QMetaType.Type.QString, QMetaType.Type.Double
 
 STATUS_FIELD = "thor_status"
 MODEL_FIELD = "thor_model"
@@ -29,9 +22,9 @@ WEIGHTS_FIELD = "thor_weights"
 def output_fields(source_fields: QgsFields, dim: int, prefix: str = "thor_") -> QgsFields:
     fields = QgsFields(source_fields)
     for name in (MODEL_FIELD, WEIGHTS_FIELD, STATUS_FIELD):
-        fields.append(QgsField(name, _STRING))
+        fields.append(QgsField(name, FIELD_STRING))
     for i in range(dim):
-        fields.append(QgsField(f"{prefix}{i:03d}", _DOUBLE))
+        fields.append(QgsField(f"{prefix}{i:03d}", FIELD_DOUBLE))
     return fields
 
 
@@ -53,7 +46,7 @@ def feature_square(feature: QgsFeature, transform: QgsCoordinateTransform,
         g.transform(transform)
     except Exception as e:  # QgsCsException: a position the target CRS cannot hold
         return None, f"cannot be transformed to the raster's CRS ({e})"
-    if QgsWkbTypes.geometryType(g.wkbType()) == QgsWkbTypes.PointGeometry:
+    if QgsWkbTypes.geometryType(g.wkbType()) == GEOMETRY_POINT:
         p = g.centroid().asPoint() if g.isMultipart() else g.asPoint()
         return square_around(p.x(), p.y(), buffer_m), ""
     bb = g.boundingBox()

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from .compat import DATETIME_DATE, FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_ADVANCED
 from ..thor_qgis import specs
 from ..thor_qgis.errors import ThorConfigError, ThorInputError
 
@@ -45,7 +46,7 @@ MODEL_KEYS = tuple(specs.MODEL_VARIANTS)
 
 
 def _advanced(param: QgsProcessingParameterDefinition, help_text: str = "") -> QgsProcessingParameterDefinition:
-    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    param.setFlags(param.flags() | PARAMETER_ADVANCED)
     if help_text:
         _help(param, help_text)
     return param
@@ -82,16 +83,16 @@ def add_model_params(alg, tr) -> None:
                            tr("Off: random weights (for testing only; recorded in the output's metadata).")))
     alg.addParameter(_help(QgsProcessingParameterFile(
         CHECKPOINT, tr("Local checkpoint (.pt) instead of downloading the official weights"),
-        behavior=QgsProcessingParameterFile.File, fileFilter="PyTorch checkpoints (*.pt *.pth *.ckpt *.bin);;All files (*)",
+        behavior=FILE_BEHAVIOR_FILE, fileFilter="PyTorch checkpoints (*.pt *.pth *.ckpt *.bin);;All files (*)",
         defaultValue=d.checkpoint, optional=True),
         tr("A THOR checkpoint in the hub's format (encoder.* keys, optionally under state_dict) or bare "
            "encoder keys. Use it when this machine cannot reach the Hugging Face hub.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        IMAGE_SIZE, tr("Image size (pixels per tile side)"), QgsProcessingParameterNumber.Integer,
+        IMAGE_SIZE, tr("Image size (pixels per tile side)"), NUMBER_INTEGER,
         defaultValue=d.image_size, minValue=16, maxValue=4096),
         tr("Each tile covers image size × scale metres (2880 m at 288 × 10 m).")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        PATCH_SIZE, tr("Patch size"), QgsProcessingParameterNumber.Integer, defaultValue=d.patch_size,
+        PATCH_SIZE, tr("Patch size"), NUMBER_INTEGER, defaultValue=d.patch_size,
         minValue=1, maxValue=64), tr("16 is THOR's native patch size; other sizes resize the patch "
                                      "kernels (FlexiViT). The token grid has image size / patch size cells.")))
     alg.addParameter(_advanced(_enum(NORMALIZATION, tr("Normalization"), specs.NORMALIZATIONS,
@@ -102,7 +103,7 @@ def add_model_params(alg, tr) -> None:
                                   "official TerraTorch THOR backbone, when installed. auto: terratorch "
                                   "when importable, else builtin.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        BATCH_SIZE, tr("Tiles per batch"), QgsProcessingParameterNumber.Integer, defaultValue=d.batch_size,
+        BATCH_SIZE, tr("Tiles per batch"), NUMBER_INTEGER, defaultValue=d.batch_size,
         minValue=1, maxValue=256)))
 
 
@@ -115,7 +116,7 @@ def add_grid_output_params(alg, tr) -> None:
 
 def add_context_margin_param(alg, tr) -> None:
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        CONTEXT_MARGIN, tr("Context margin between overlapping tiles (tokens)"), QgsProcessingParameterNumber.Integer,
+        CONTEXT_MARGIN, tr("Context margin between overlapping tiles (tokens)"), NUMBER_INTEGER,
         defaultValue=0, minValue=0, maxValue=16),
         tr("0: tiles side by side (each token sees only its own tile). m > 0: tiles overlap and only their "
            "central (n − 2m) × (n − 2m) tokens are kept, so every token sees at least m tokens of context "
@@ -153,10 +154,10 @@ def add_pooling_param(alg, tr) -> None:
 
 def add_scale_fill_params(alg, tr) -> None:
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        SCALE, tr("Pixel size (m)"), QgsProcessingParameterNumber.Double, defaultValue=10.0, minValue=0.1),
+        SCALE, tr("Pixel size (m)"), NUMBER_DOUBLE, defaultValue=10.0, minValue=0.1),
         tr("THOR reads Sentinel-2 at 10 m.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        FILL_VALUE, tr("Fill value"), QgsProcessingParameterNumber.Double, defaultValue=0.0),
+        FILL_VALUE, tr("Fill value"), NUMBER_DOUBLE, defaultValue=0.0),
         tr("Value of pixels with no data (outside the imagery, masked).")))
 
 
@@ -164,7 +165,7 @@ def add_sensor_params(alg, tr) -> None:
     alg.addParameter(_advanced(QgsProcessingParameterString(
         COLLECTION, tr("Earth Engine collection"), defaultValue=specs.DEFAULT_COLLECTION)))
     alg.addParameter(QgsProcessingParameterNumber(
-        CLOUDY_PCT, tr("Maximum cloudy pixel percentage"), QgsProcessingParameterNumber.Double,
+        CLOUDY_PCT, tr("Maximum cloudy pixel percentage"), NUMBER_DOUBLE,
         defaultValue=30.0, minValue=0.0, maxValue=100.0))
     alg.addParameter(_enum(COMPOSITE, tr("Composite"), specs.COMPOSITES, "median"))
     add_scale_fill_params(alg, tr)
@@ -174,14 +175,14 @@ def add_temporal_params(alg, tr, start: str = "2024-06-01", end: str = "2024-09-
     from qgis.PyQt.QtCore import QDate, QDateTime, QTime
 
     for key, label, value in ((START_DATE, tr("Start date"), start), (END_DATE, tr("End date (exclusive)"), end)):
-        p = QgsProcessingParameterDateTime(key, label, type=QgsProcessingParameterDateTime.Date,
+        p = QgsProcessingParameterDateTime(key, label, type=DATETIME_DATE,
                                            defaultValue=QDateTime(QDate.fromString(value, "yyyy-MM-dd"), QTime(0, 0)))
         alg.addParameter(p)
 
 
 def add_fetch_workers_param(alg, tr) -> None:
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        FETCH_WORKERS, tr("Parallel requests"), QgsProcessingParameterNumber.Integer,
+        FETCH_WORKERS, tr("Parallel requests"), NUMBER_INTEGER,
         defaultValue=_safe(specs.default_fetch_workers, 8), minValue=1, maxValue=40),
         tr("Earth Engine requests in flight at once (the service allows 40 per project).")))
 

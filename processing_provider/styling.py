@@ -8,18 +8,19 @@ from qgis.core import (
     QgsContrastEnhancement,
     QgsMultiBandColorRenderer,
     QgsProcessingLayerPostProcessorInterface,
-    QgsRasterBandStats,
     QgsRasterLayer,
 )
+
+from .compat import STAT_MAX, STAT_MIN
 
 
 def _stretch(layer, band: int) -> QgsContrastEnhancement:
     provider = layer.dataProvider()
     ce = QgsContrastEnhancement(provider.dataType(band))
-    ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
     lo, hi = provider.cumulativeCut(band, 0.02, 0.98, layer.extent(), 250000)
     if not hi > lo:
-        stats = provider.bandStatistics(band, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+        stats = provider.bandStatistics(band, STAT_MIN | STAT_MAX)
         lo, hi = stats.minimumValue, stats.maximumValue
     ce.setMinimumValue(lo)
     ce.setMaximumValue(hi)
@@ -74,7 +75,7 @@ def style_rgb_bytes(layer) -> None:
     for setter in (renderer.setRedContrastEnhancement, renderer.setGreenContrastEnhancement,
                    renderer.setBlueContrastEnhancement):
         ce = QgsContrastEnhancement(layer.dataProvider().dataType(1))
-        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
         ce.setMinimumValue(1)
         ce.setMaximumValue(255)
         setter(ce)
@@ -121,7 +122,7 @@ def style_classes(layer) -> None:
 
     if not isinstance(layer, QgsRasterLayer):
         return
-    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Max)
+    stats = layer.dataProvider().bandStatistics(1, STAT_MAX)
     k = int(stats.maximumValue)
     palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")

@@ -28,7 +28,7 @@ def render_layer(layer, path, size_px=420):
     settings.setExtent(layer.extent())
     settings.setOutputSize(QSize(size_px, size_px))
     settings.setBackgroundColor(QColor(255, 255, 255))
-    image = QImage(QSize(size_px, size_px), QImage.Format_ARGB32_Premultiplied)
+    image = QImage(QSize(size_px, size_px), QImage.Format.Format_ARGB32_Premultiplied)
     image.fill(QColor(255, 255, 255))
     painter = QPainter(image)
     job = QgsMapRendererCustomPainterJob(settings, painter)
@@ -47,7 +47,7 @@ def side_by_side(images, captions, path):
     pad, caption_h = 10, 28
     w = sum(i.width() for i in images) + pad * (len(images) + 1)
     h = max(i.height() for i in images) + 2 * pad + caption_h
-    out = QImage(w, h, QImage.Format_ARGB32)
+    out = QImage(w, h, QImage.Format.Format_ARGB32)
     out.fill(QColor(255, 255, 255))
     p = QPainter(out)
     p.setFont(QFont("Sans", 11))
@@ -55,7 +55,7 @@ def side_by_side(images, captions, path):
     for img, cap in zip(images, captions):
         p.drawImage(x, pad, img)
         p.setPen(QColor(30, 30, 30))
-        p.drawText(QRect(x, pad + img.height() + 4, img.width(), caption_h - 4), Qt.AlignHCenter, cap)
+        p.drawText(QRect(x, pad + img.height() + 4, img.width(), caption_h - 4), Qt.AlignmentFlag.AlignHCenter, cap)
         x += img.width() + pad
     p.end()
     out.save(path, "PNG")
@@ -69,7 +69,7 @@ def style_true_colour(layer):
     for setter, band in ((r.setRedContrastEnhancement, 3), (r.setGreenContrastEnhancement, 2),
                          (r.setBlueContrastEnhancement, 1)):
         ce = QgsContrastEnhancement(layer.dataProvider().dataType(band))
-        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
         ce.setMinimumValue(0)
         ce.setMaximumValue(2500)
         setter(ce)

@@ -242,7 +242,8 @@ def test_grid_fetches_ahead_of_the_model(fake, tiny, tmp_path):
     fake.latency_s = 0.2
     feedback = QgsProcessingFeedback()
     progress = []
-    feedback.progressChanged.connect(lambda p: progress.append((p, time.monotonic())), Qt.DirectConnection)
+    feedback.progressChanged.connect(lambda p: progress.append((p, time.monotonic())),
+                                     Qt.ConnectionType.DirectConnection)
     res = run("ee_grid", {"EXTENT": "500000,505760,3994240,4000000 [EPSG:32633]", **tiny, "BATCH_SIZE": 1,
                           "FETCH_WORKERS": 2, "OUTPUT": str(tmp_path / "ahead.tif")}, feedback)
     assert res["TILES"] == 4

@@ -267,7 +267,8 @@ def test_canceled_pooled_run_leaves_no_file(plugin, fixture_raster, tmp_path):
     pts.dataProvider().addFeatures(feats)
     for name in ("canceled.gpkg", "canceled.shp"):
         feedback = QgsProcessingFeedback()
-        feedback.progressChanged.connect(lambda p, f=feedback: p > 50 and f.cancel(), Qt.DirectConnection)
+        feedback.progressChanged.connect(lambda p, f=feedback: p > 50 and f.cancel(),
+                                         Qt.ConnectionType.DirectConnection)
         out = tmp_path / name
         with pytest.raises(QgsProcessingException, match="Canceled"):
             processing.run("thor:pooled_from_raster", {"FEATURES": pts, "INPUT": fixture_raster, **TINY,

@@ -55,7 +55,7 @@ def _run_as_toolbox(params, cancel_after_progress=None, alg_id="thor:grid_from_r
         if cancel_after_progress is not None and p >= cancel_after_progress and not feedback.isCanceled():
             feedback.cancel()
 
-    feedback.progressChanged.connect(on_progress, Qt.DirectConnection)
+    feedback.progressChanged.connect(on_progress, Qt.ConnectionType.DirectConnection)
     task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
 
     def executed(ok, results):
