@@ -102,7 +102,9 @@ class PatchReader:
             raise QgsProcessingException("Internal error: the features came in another order than when they "
                                          "were fetched (the layer changed during the run?).")
         arr = patch.array
-        valid = float(np.mean(np.any(arr != self._sensor.fill_value, axis=0))) if arr.size else 0.0
+        from ..thor_qgis.pipeline import valid_pixels
+
+        valid = float(np.mean(valid_pixels(arr, self._sensor.fill_value))) if arr.size else 0.0
         if valid <= 0:
             self.empty.append(key)
             self._log(f"Feature {key}: no Sentinel-2 imagery in its square (no scene of "

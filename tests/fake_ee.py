@@ -21,7 +21,11 @@ Test hooks (set as attributes, or through the methods): ``latency_s`` (per compu
 (hold the answer that long: longer than the client's deadline gives a timeout), ``empty_collection``
 (True, or a callable of the parsed request: answers like the real service when bands are selected on the
 composite of an empty collection: HTTP 400 ``Image.select: Pattern 'B2' did not match any bands.``),
-``field_order`` ("request" or "reversed": the order of the NPY fields), ``requests`` (the request log:
+``field_order`` ("request" or "reversed": the order of the NPY fields), ``pixel_value`` (None, or a value
+such as NaN that every served pixel takes), ``fault_next(kind, times)`` (the next N compute answers are
+broken: "truncated" sends half the body and closes the connection, "short" sends a cut NPY body with a
+matching length, "garbage" sends random bytes), ``fail_next(..., retry_after=s)`` (a Retry-After header on
+the scripted failures), ``requests`` (the request log:
 method, path, parsed JSON body, headers, thread, monotonic start/end times, status) and
 ``max_concurrency`` (the high-water mark of compute requests in flight).
 
@@ -288,6 +292,9 @@ class FakeEarthEngine:
         self.empty_collection: Union[bool, Callable[[ParsedImage], bool]] = False
         self.nodata: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
         self.field_order = "request"
+        self.pixel_value: Optional[float] = None
+        self.retry_after: Optional[float] = None
+        self._faults: List[str] = []
         self.error_message: Optional[str] = None  # override the message of scripted failures
         self.requests: List[RequestRecord] = []
         self.max_concurrency = 0
@@ -302,12 +309,26 @@ class FakeEarthEngine:
         self._thread: Optional[threading.Thread] = None
 
     # Hooks --------------------------------------------------------------------------------------
-    def fail_next(self, status: int, times: int = 1, message: Optional[str] = None) -> None:
-        """The next ``times`` compute requests are answered with HTTP ``status``; then success."""
+    def fail_next(self, status: int, times: int = 1, message: Optional[str] = None,
+                  retry_after: Optional[float] = None) -> None:
+        """The next ``times`` compute requests are answered with HTTP ``status``; then success. With
+        ``retry_after``, the failures carry a ``Retry-After`` header of that many seconds."""
         with self._lock:
             self._scripted.extend([int(status)] * int(times))
             if message is not None:
                 self.error_message = message
+            self.retry_after = retry_after
+
+    def fault_next(self, kind: str, times: int = 1) -> None:
+        """The next ``times`` compute answers are broken: "truncated", "short" or "garbage"."""
+        if kind not in ("truncated", "short", "garbage"):
+            raise ValueError(kind)
+        with self._lock:
+            self._faults.extend([kind] * int(times))
+
+    def _next_fault(self) -> Optional[str]:
+        with self._lock:
+            return self._faults.pop(0) if self._faults else None
 
     def fail_always(self, status: Optional[int], message: Optional[str] = None) -> None:
         """Every compute request is answered with HTTP ``status`` (None: stop failing)."""
@@ -427,6 +448,8 @@ class FakeEarthEngine:
         if not bands:
             return _error(400, "fake: the expression selects no bands.")
         values = pixel_values(transform, w, h, len(bands))
+        if self.pixel_value is not None:
+            values[:] = self.pixel_value
         if self.nodata is not None and parsed.fill is not None:
             x, y = pixel_centres(transform, w, h)
             mask = np.asarray(self.nodata(x, y), dtype=bool)
@@ -481,14 +504,30 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, fault: Optional[str] = None,
+              headers: Optional[Dict[str, str]] = None) -> None:
+        length = len(body)
+        if fault == "short":
+            body = body[: len(body) // 2]
+            length = len(body)
+        elif fault == "garbage":
+            body = np.random.default_rng(len(body)).integers(0, 256, len(body), dtype=np.uint8).tobytes()
+            length = len(body)
+        elif fault == "truncated":
+            body = body[: len(body) // 2]  # Content-Length says the whole body; the connection then closes
         try:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if fault == "truncated":
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
             self.wfile.flush()
+            if fault == "truncated":
+                self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True  # the client gave up (deadline)
 
@@ -522,6 +561,7 @@ class _Handler(BaseHTTPRequestHandler):
         rec = self._record(body)
         owner = self.owner
         path = self.path.split("?")[0]
+        fault, headers = None, {}
         if not isinstance(body, dict):
             status, out, ctype = _error(400, "fake: the body is not JSON.")
         elif path.endswith(":computePixels") or path.endswith("value:compute"):
@@ -533,8 +573,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if scripted is not None:
                     status, out, ctype = _error(scripted, owner.error_message
                                                 or _STATUS_MESSAGES.get(scripted, "Error."))
+                    if owner.retry_after is not None:
+                        headers["Retry-After"] = f"{owner.retry_after:g}"
                 elif path.endswith(":computePixels"):
                     status, out, ctype = owner.compute_pixels(body)
+                    if status == 200:
+                        fault = owner._next_fault()
                 else:
                     status, out, ctype = owner.compute_value(body)
             finally:
@@ -542,7 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             status, out, ctype = _error(404, f"fake: no such method {path}")
         rec.status = status
-        self._send(status, out, ctype)
+        self._send(status, out, ctype, fault, headers)
         rec.end = time.monotonic()
 
 

@@ -47,7 +47,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, S
 import numpy as np
 
 from .ee_session import (DEFAULT_DEADLINE_S, EESessionInfo, configure_client, import_ee, is_empty_collection_error,
-                         is_retryable, redact, require_session, session_in_use, translate_ee_error)
+                         is_retryable, is_timeout, redact, require_session, retry_after_s, session_in_use,
+                         translate_ee_error)
 from .errors import ThorCanceled, ThorConfigError, ThorFetchError
 from .specs import SensorSpec, TemporalSpec, default_fetch_workers
 from .tiling import Bounds, Tile, TileLayout, layout_for_area
@@ -79,12 +80,22 @@ class RetryPolicy:
     deadline_s: float = DEFAULT_DEADLINE_S
     jitter: bool = True
     sleep: Optional[Callable[[float], None]] = None
+    #: Seconds one item may take, retries and waits included (None: 2 x the deadline + 60 s). A request that
+    #: timed out is tried once more at most: a server that hangs costs about 2 deadlines, not 5.
+    total_s: Optional[float] = None
+    max_timeouts: int = 2
 
     def __post_init__(self):
         if int(self.max_attempts) < 1:
             raise ThorConfigError(f"max_attempts must be at least 1, got {self.max_attempts!r}")
         if not float(self.deadline_s) >= 0:
             raise ThorConfigError(f"the request deadline must be >= 0 seconds, got {self.deadline_s!r}")
+
+    @property
+    def budget_s(self) -> float:
+        if self.total_s is not None:
+            return float(self.total_s)
+        return 2.0 * float(self.deadline_s or DEFAULT_DEADLINE_S) + 60.0
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -93,7 +104,8 @@ class RetryPolicy:
 
     def as_record(self) -> Dict[str, Any]:
         return {"max_attempts": int(self.max_attempts), "backoff_base_s": float(self.backoff_base_s),
-                "backoff_max_s": float(self.backoff_max_s), "deadline_s": float(self.deadline_s)}
+                "backoff_max_s": float(self.backoff_max_s), "deadline_s": float(self.deadline_s),
+                "total_s": self.budget_s}
 
 
 @dataclass(frozen=True)
@@ -427,9 +439,13 @@ class _Runner:
                 return cached.astype(np.float32, copy=False)
         ee = import_ee()
         attempts = int(self.policy.max_attempts)
+        budget = self.policy.budget_s
+        started = time.monotonic()
+        timeouts = 0
         for attempt in range(1, attempts + 1):
             if self.canceled():
                 raise ThorCanceled("canceled")
+            failure = None
             try:
                 self.stats.add(requests=1)
                 raw = ee.data.computePixels(dict(prep.request))
@@ -446,20 +462,22 @@ class _Runner:
                         return np.full((len(bands), grid.height, grid.width), self.sensor.fill_value,
                                        dtype=np.float32)
                     raise ThorFetchError(self._empty_message(job.label)) from None
-                if not is_retryable(e) or attempt == attempts:
-                    err = translate_ee_error(e, what=f"fetching {job.label}", project=self.session.project,
-                                             deadline_s=self.policy.deadline_s or None)
-                    if is_retryable(e) and attempts > 1:
-                        err = type(err)(f"{err} (gave up after {attempts} attempts)")
-                    raise err from None
-                delay = self.policy.delay(attempt)
-                self.stats.add(retries=1)
-                reason = redact(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                self.notes.put(f"Earth Engine: {job.label}: {type(e).__name__}: {reason}; "
-                               f"retry {attempt} of {attempts - 1} in {delay:.1f} s")
-                self._wait(delay)
+                timeouts += int(is_timeout(e))
+                failure = self._retry_or_fail(e, job.label, attempt, attempts, timeouts, started, budget)
+            if isinstance(failure, Exception):
+                raise failure
+            self._wait(failure)
         else:  # pragma: no cover - the loop always breaks or raises
             raise ThorFetchError(f"fetching {job.label} failed")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            # NaN / Inf are no data: the fill value, and the answer is not cached (an all-NaN answer is more
+            # likely a fault than imagery, and must not be served again as such)
+            arr[bad] = self.sensor.fill_value
+            share = float(bad.mean())
+            self.notes.put(f"Earth Engine: {job.label}: {100 * share:.0f}% of the values are NaN or infinite: "
+                           "taken as no data (not cached)")
+            return arr
         if prep.key is not None:
             try:
                 self.cache.put(prep.key, arr)
@@ -467,6 +485,39 @@ class _Runner:
                 self.notes.put(f"Earth Engine: cannot write the cache in {self.cache.directory} ({e}); "
                                "continuing without it")
         return arr
+
+    def _retry_or_fail(self, e: BaseException, label: str, attempt: int, attempts: int, timeouts: int,
+                       started: float, budget: float) -> Union[float, Exception]:
+        """The seconds to wait before the next attempt, or the error to raise (retries, the Retry-After the
+        server asked for and the item's time budget all decide)."""
+        deadline = self.policy.deadline_s or None
+        what = f"fetching {label}"
+        if not is_retryable(e):
+            return translate_ee_error(e, what=what, project=self.session.project, deadline_s=deadline)
+        delay = self.policy.delay(attempt)
+        asked = retry_after_s(e)
+        if asked is not None:
+            delay = max(delay, asked)
+        elapsed = time.monotonic() - started
+        stop = ""
+        if attempt >= attempts:
+            stop = f"gave up after {attempts} attempts"
+        elif is_timeout(e) and timeouts >= int(self.policy.max_timeouts):
+            stop = f"gave up after {attempt} attempts, {timeouts} of them past the deadline"
+        elif self.policy.sleep is None and elapsed + delay > budget:
+            stop = (f"gave up after {attempt} attempt(s) in {elapsed:.0f} s: "
+                    + (f"Earth Engine asked to retry after {asked:g} s, " if asked is not None else
+                       f"the next retry in {delay:.0f} s would go ")
+                    + f"past the {budget:g} s allowed for one request with its retries")
+        if stop:
+            err = translate_ee_error(e, what=what, project=self.session.project, deadline_s=deadline)
+            return type(err)(f"{err} ({stop})")
+        self.stats.add(retries=1)
+        reason = redact(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        told = f" (Retry-After: {asked:g} s)" if asked is not None else ""
+        self.notes.put(f"Earth Engine: {label}: {type(e).__name__}: {reason}; "
+                       f"retry {attempt} of {attempts - 1} in {delay:.1f} s{told}")
+        return delay
 
     def _wait(self, seconds: float) -> None:
         if self.policy.sleep is not None:

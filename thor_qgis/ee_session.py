@@ -41,6 +41,23 @@ from .errors import ThorConfigError, ThorFetchError
 ENV_API_URL = "THOR_EE_API_URL"
 LOCAL_EMULATOR_PROJECT = "thor-local"  # the project used against a loopback emulator when none is given
 DEFAULT_DEADLINE_S = 120.0
+ENV_DEADLINE = "THOR_EE_DEADLINE_S"  # the per-request deadline when no parameter gives one
+
+
+def default_deadline_s(env: Optional[Mapping[str, str]] = None) -> float:
+    """``$THOR_EE_DEADLINE_S`` (seconds, > 0), else 120 s; a bad value is an error naming the variable."""
+    env = os.environ if env is None else env
+    raw = str(env.get(ENV_DEADLINE, "") or "").strip()
+    if not raw:
+        return DEFAULT_DEADLINE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and value < 1e6):
+        raise ThorConfigError(f"the environment variable {ENV_DEADLINE} must be a number of seconds above 0, "
+                              f"got {raw!r}")
+    return value
 
 Log = Optional[Callable[[str], None]]
 
@@ -310,6 +327,7 @@ def reset_session() -> None:
             ee = import_ee()
         except ThorConfigError:
             return
+        _close_client_session(ee)
         ee.Reset()
 
 
@@ -352,6 +370,7 @@ def ensure_session(project: Optional[str] = None, *, url: Optional[str] = None,
             log(f"Earth Engine: initialising (project {chosen}, API {redact(api_url) if api_url else 'default'}, "
                 f"credentials: {auth})")
         _STATE.update(key=None, info=None, deadline_s=None)
+        _close_client_session(ee)
         ee.Reset()
         ee.data.setMaxRetries(0)  # before Initialize too: its own requests would otherwise retry for ~30 s
         try:
@@ -382,6 +401,19 @@ def _initialize(ee, creds, project: str, api_url: Optional[str]) -> None:
             dep._FetchDataCatalogStac = original
 
 
+def _close_client_session(ee) -> None:
+    """Close the client's HTTP session before it is dropped (ee.Reset), so its sockets are not left open."""
+    try:
+        session = ee.data._get_state().requests_session  # noqa: SLF001
+    except AttributeError:
+        return
+    if session is not None:
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
 def _widen_connection_pool(ee) -> None:
     """Let up to 40 parallel requests keep their connections (urllib3's pool holds 10 by default).
 
@@ -396,7 +428,10 @@ def _widen_connection_pool(ee) -> None:
     if session is None:
         return
     for prefix in ("https://", "http://"):
+        old = session.adapters.get(prefix)
         session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=40))
+        if old is not None:
+            old.close()  # its pooled connections (Initialize's requests) would be left unclosed
 
 
 def configure_client(deadline_s: float = DEFAULT_DEADLINE_S) -> None:
@@ -458,9 +493,59 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError) or type(exc).__name__ in ("ServerNotFoundError",)
 
 
+_UNREADABLE_PATTERNS = re.compile(r"EOF|reading array data|pickled data|magic string|not a NPY|"
+                                  r"failed to interpret|header|truncated|IncompleteRead|ChunkedEncoding|"
+                                  r"Connection broken|invalid load key|unexpected end", re.I)
+
+
+def is_unreadable_answer(exc: BaseException) -> bool:
+    """An answer cut short or garbled on the way (numpy could not read it, the body ended early)."""
+    e: Optional[BaseException] = exc
+    seen = 0
+    while e is not None and seen < 5:
+        name = type(e).__name__
+        if name in ("IncompleteRead", "ChunkedEncodingError", "ProtocolError", "ContentDecodingError",
+                    "UnpicklingError") or isinstance(e, EOFError):
+            return True
+        if isinstance(e, ValueError) and http_status(e) is None and _UNREADABLE_PATTERNS.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def retry_after_s(exc: BaseException) -> Optional[float]:
+    """The seconds of an HTTP ``Retry-After`` header behind a client exception (a number or an HTTP date)."""
+    e: Optional[BaseException] = exc
+    seen = 0
+    while e is not None and seen < 5:
+        resp = getattr(e, "resp", None) or getattr(e, "response", None)
+        headers = getattr(resp, "headers", resp)
+        value = None
+        try:
+            value = headers.get("retry-after") or headers.get("Retry-After")
+        except AttributeError:
+            pass
+        if value:
+            value = str(value).strip()
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                try:
+                    import email.utils
+                    import time as _time
+
+                    return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - _time.time())
+                except (TypeError, ValueError, IndexError):
+                    return None
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """429, 5xx, timeouts and connection errors are worth another try; the rest are not."""
-    if is_timeout(exc) or is_connection_error(exc):
+    """429, 5xx, timeouts, connection errors and unreadable answers are worth another try; the rest are not."""
+    if is_timeout(exc) or is_connection_error(exc) or is_unreadable_answer(exc):
         return True
     return http_status(exc) in RETRYABLE_STATUS
 
@@ -491,7 +576,12 @@ def translate_ee_error(exc: BaseException, *, what: str = "the Earth Engine requ
     if is_timeout(exc):
         limit = f" within the {deadline_s:g} s deadline" if deadline_s else ""
         return ThorFetchError(f"{what} timed out: Earth Engine did not answer{limit}. Try again later, use "
-                              "fewer parallel requests or a longer deadline.")
+                              "fewer parallel requests, or raise the request deadline (the advanced parameter "
+                              f"'Earth Engine request deadline', or the environment variable {ENV_DEADLINE}).")
+    if is_unreadable_answer(exc):
+        return ThorFetchError(f"{what} failed: Earth Engine sent an unreadable answer (cut short or garbled on "
+                              f"the way: {msg.splitlines()[0][:160]}). Try again later; check any proxy between "
+                              "this computer and Earth Engine.")
     if is_connection_error(exc):
         return ThorFetchError(f"{what} failed: cannot reach the Earth Engine API ({msg}). Check the network "
                               "connection and the Earth Engine API URL setting.")

@@ -27,3 +27,7 @@ class ThorCanceled(ThorError):
 
 class ThorFetchError(ThorError):
     """Imagery could not be fetched (Earth Engine errors, timeouts, empty collections)."""
+
+
+class ThorOutputError(ThorError):
+    """An output that cannot be written (folder not writable, disk full, another run writing it)."""

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ThorInputError
+from . import output_files
+from .errors import ThorInputError, ThorOutputError
 
 GeoTransform = Tuple[float, float, float, float, float, float]
 
@@ -105,6 +106,32 @@ def open_raster(path: str):
     return ds
 
 
+def read_failure(exc: BaseException, path: str) -> ThorInputError:
+    """A GDAL read error as one line naming the file and the likely cause."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ThorInputError(f"cannot read the raster {path}: it is truncated or damaged (GDAL: {detail}). "
+                          "Copy or download it again")
+
+
+def check_readable(ds, band_list: Sequence[int], path: str) -> None:
+    """Read one pixel of each band's last block: a truncated file fails here, before any work is done."""
+    failure = None
+    try:
+        for b in band_list:
+            band = ds.GetRasterBand(int(b))
+            bx, by = band.GetBlockSize()
+            w, h = ds.RasterXSize, ds.RasterYSize
+            x = ((w - 1) // max(1, bx)) * max(1, bx)
+            y = ((h - 1) // max(1, by)) * max(1, by)
+            band.ReadRaster(x, y, 1, 1)
+            band.ReadRaster(w - 1, h - 1, 1, 1)
+        ds.FlushCache()
+    except RuntimeError as e:
+        failure = read_failure(e, path)
+    if failure is not None:
+        raise failure
+
+
 def raster_info(path_or_ds: Any) -> RasterInfo:
     ds = open_raster(path_or_ds) if isinstance(path_or_ds, (str, os.PathLike)) else path_or_ds
     bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
@@ -136,6 +163,29 @@ def read_window(ds, xoff: int, yoff: int, width: int, height: int, band_list: Se
     return out
 
 
+class _quiet_gdal:
+    """Close a dataset without GDAL printing its errors: with exceptions on, an error while closing (a full
+    disk) cannot be raised and is printed as "Exception ignored"; it is collected in ``errors`` instead."""
+
+    def __init__(self, g):
+        self.g = g
+        self.errors: List[str] = []
+
+    def __enter__(self):
+        import sys
+
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = lambda u: self.errors.append(str(u.exc_value))
+        self.g.PushErrorHandler("CPLQuietErrorHandler")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        self.g.PopErrorHandler()
+        sys.unraisablehook = self._hook
+
+
 def _temp_sibling(path: str) -> str:
     d, name = os.path.split(os.path.abspath(path))
     return os.path.join(d, f".{name}.{uuid.uuid4().hex[:8]}.partial.tif")
@@ -161,8 +211,28 @@ class GeoTiffWriter:
         if os.path.splitext(self.path)[1].lower() not in (".tif", ".tiff"):
             raise ThorInputError(
                 f"outputs are written as GeoTIFF: give a file name ending in .tif, not {os.path.basename(self.path)}")
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        output_files.check_output_path(self.path)
+        # held for the writer's life (re-entrant: the algorithm running it may hold it already); stale
+        # partial files of this output, left by a killed run, are swept when it is taken
+        output_files.acquire(self.path)
+        self._done = False
+        self.ds = None
         self._tmp = _temp_sibling(self.path)
+        failure = None
+        try:
+            self._create(g, width, height, band_count, geotransform, crs_wkt, dtype, nodata, band_names,
+                         metadata, options, strip_rows)
+        except RuntimeError as e:
+            failure = output_files.gdal_failure(e, self.path, "creating")
+        except BaseException:
+            self.abort()
+            raise
+        if failure is not None:
+            self.abort()
+            raise failure
+
+    def _create(self, g, width, height, band_count, geotransform, crs_wkt, dtype, nodata, band_names, metadata,
+                options, strip_rows) -> None:
         gdt = {"float32": g.GDT_Float32, "uint8": g.GDT_Byte, "int16": g.GDT_Int16,
                "uint16": g.GDT_UInt16, "int32": g.GDT_Int32, "float64": g.GDT_Float64}[dtype]
         opts = list(options)
@@ -192,7 +262,6 @@ class GeoTiffWriter:
                 band.SetDescription(str(band_names[i]))
         if metadata:
             self.set_metadata(metadata)
-        self._done = False
 
     @property
     def width(self) -> int:
@@ -219,35 +288,76 @@ class GeoTiffWriter:
         if x1 <= x0 or y1 <= y0:
             return
         block = np.ascontiguousarray(arr[:, y0 - yoff:y1 - yoff, x0 - xoff:x1 - xoff], dtype=self.dtype)
-        self.ds.WriteRaster(x0, y0, x1 - x0, y1 - y0, block.tobytes(),
-                            buf_type=self.ds.GetRasterBand(1).DataType,
-                            band_list=list(range(1, c + 1)))
+        failure = None
+        try:
+            self.ds.WriteRaster(x0, y0, x1 - x0, y1 - y0, block.tobytes(),
+                                buf_type=self.ds.GetRasterBand(1).DataType,
+                                band_list=list(range(1, c + 1)))
+        except RuntimeError as e:
+            failure = output_files.gdal_failure(e, self.path)
+        if failure is not None:  # raised outside the handler: GDAL's traceback would keep the dataset open
+            raise failure
 
     def flush(self) -> None:
         """Write cached blocks to the file and release them."""
-        self.ds.FlushCache()
+        failure = None
+        try:
+            self.ds.FlushCache()
+        except RuntimeError as e:
+            failure = output_files.gdal_failure(e, self.path)
+        if failure is not None:
+            raise failure
 
     def commit(self) -> str:
+        """Finish the file and rename it into place; on any failure the partial file is removed."""
         if self._done:
             return self.path
+        failure = None
+        try:
+            self._finish()
+        except (RuntimeError, OSError) as e:
+            failure = output_files.gdal_failure(e, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        if failure is not None:
+            self.abort()
+            raise failure
+        self._done = True
+        output_files.release(self.path)
+        return self.path
+
+    def _finish(self) -> None:
+        size = (self.ds.RasterXSize, self.ds.RasterYSize, self.ds.RasterCount)
         self.ds.FlushCache()
-        self.ds = None
+        g = gdal()
+        g.ErrorReset()
+        with _quiet_gdal(g) as quiet:
+            self.ds = None  # closing writes the last blocks and the directory; GDAL cannot raise here
+        err = "; ".join(quiet.errors) or (g.GetLastErrorMsg() if g.GetLastErrorType() >= g.CE_Failure else "")
+        check = None
+        try:
+            check = g.Open(self._tmp)
+            ok = (check.RasterXSize, check.RasterYSize, check.RasterCount) == size
+        except RuntimeError as e:
+            ok, err = False, err or str(e)
+        finally:
+            check = None
+        if not ok or err:
+            raise RuntimeError(err or "the finished file cannot be read back")
         os.replace(self._tmp, self.path)
         if os.path.exists(self._tmp + ".aux.xml"):  # anything GDAL kept beside the file goes along
             os.replace(self._tmp + ".aux.xml", self.path + ".aux.xml")
-        self._done = True
-        return self.path
 
     def abort(self) -> None:
         if self._done:
             return
-        self.ds = None
-        for p in (self._tmp, self._tmp + ".aux.xml"):
-            try:
-                os.remove(p)
-            except FileNotFoundError:
-                pass
+        g = gdal()
+        with _quiet_gdal(g):
+            self.ds = None
+        output_files.remove_quietly([self._tmp, self._tmp + ".aux.xml"])
         self._done = True
+        output_files.release(self.path)
 
     def __enter__(self) -> "GeoTiffWriter":
         return self

@@ -117,7 +117,7 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
             if tile.row != row:
                 write_row()
                 row = tile.row
-            pixels = np.any(arr != fill_value, axis=0)
+            pixels = valid_pixels(arr, fill_value)
             if valid is None:
                 valid = float(pixels.mean())
             if valid > 0:
@@ -136,6 +136,15 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     return GridResult(path=out.path, width=width, height=height, band_count=channels, tiles=total,
                       tiles_embedded=embedded, geotransform=layout.output_geotransform(),
                       crs_wkt=_wkt(layout.crs), metadata=record)
+
+
+def valid_pixels(arr: np.ndarray, fill_value: float) -> np.ndarray:
+    """[H, W] bool of a [C, H, W] array: pixels with data. A pixel is no-data where its bands all equal the
+    fill value, or where any band is NaN or infinite (whatever the fill value, NaN included)."""
+    finite = np.isfinite(arr).all(axis=0)
+    if not np.isfinite(fill_value):
+        return finite
+    return finite & np.any(arr != fill_value, axis=0)
 
 
 def cells_with_data(pixels: np.ndarray, n: int) -> np.ndarray:

@@ -112,6 +112,7 @@ class RasterSource:
         info = gdal_io.raster_info(src)
         self.source_info = info
         self.band_map = check_band_map(info.band_count, band_map)
+        gdal_io.check_readable(src, self.band_map, self.path)
         if not info.crs_wkt:
             raise ThorInputError(f"the raster {self.path} has no coordinate reference system")
         px, py = info.pixel_size
@@ -196,10 +197,16 @@ class RasterSource:
         x0, y0, x1, y1 = bounds
         xoff, yoff = self._offsets(x0, y1)
         n = max(1, int(round((x1 - x0) / self.info.geotransform[1])))
-        if n <= 2 * size:
-            arr = gdal_io.read_window(self.ds, xoff, yoff, n, n, self.band_map, fill=np.nan)
-        else:  # a very large box: let GDAL average it down instead of reading every pixel
-            arr = self._read_decimated(xoff, yoff, n, size)
+        failure = None
+        try:
+            if n <= 2 * size:
+                arr = gdal_io.read_window(self.ds, xoff, yoff, n, n, self.band_map, fill=np.nan)
+            else:  # a very large box: let GDAL average it down instead of reading every pixel
+                arr = self._read_decimated(xoff, yoff, n, size)
+        except RuntimeError as e:
+            failure = gdal_io.read_failure(e, self.path)
+        if failure is not None:  # raised outside the handler (GDAL's traceback holds the dataset)
+            raise failure
         self._drop_cached_blocks()
         return self._clean(arr)
 
