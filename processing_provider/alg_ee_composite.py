@@ -90,7 +90,8 @@ class EECompositeAlgorithm(ThorAlgorithm):
                                  qgis_version=Qgis.QGIS_VERSION)
         result = ee_fetch.write_composite_geotiff(bounds, sensor, temporal, dest, crs=crs, workers=workers,
                                                   cache=cfg.use_cache, is_canceled=is_canceled,
-                                                  log=feedback.pushInfo, metadata=record, stats=stats)
+                                                  log=feedback.pushInfo, metadata=record, stats=stats,
+                                                  policy=cfg.policy())
         feedback.setProgress(100)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels of "
                           f"{sensor.scale_m:g} m in {crs}, {len(sensor.bands)} bands.")

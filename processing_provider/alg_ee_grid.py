@@ -133,7 +133,8 @@ class EEGridAlgorithm(ThorAlgorithm):
                             source=E.source_record(sensor, temporal, session, cfg, workers, area=area_rec))
         stats = ee_fetch.FetchStats()
         tiles = ee_fetch.fetch_tiles(layout, sensor, temporal, workers=workers, cache=cfg.use_cache,
-                                     is_canceled=is_canceled, log=log, on_empty="error", stats=stats)
+                                     is_canceled=is_canceled, log=log, on_empty="error", stats=stats,
+                                     policy=cfg.policy())
         try:
             result = pipeline.write_grid(layout, tiles, embedder, output.group_merge, dest, metadata=record,
                                          fill_value=sensor.fill_value, progress=progress,

@@ -65,11 +65,11 @@ class PatchReader:
     Earth Engine fetches of the same squares, in the same order, started on the first read."""
 
     def __init__(self, items: Sequence[Tuple[Square, object]], crs: str, sensor, temporal, *, image_size: int,
-                 workers: int, cache: bool, is_canceled, log):
+                 workers: int, cache: bool, is_canceled, log, policy=None):
         self._items = list(items)
         self._crs, self._sensor, self._temporal = crs, sensor, temporal
         self._kw = dict(image_size=int(image_size), workers=workers, cache=cache, is_canceled=is_canceled,
-                        log=log, on_empty="fill")
+                        log=log, on_empty="fill", policy=policy)
         self._log = log
         self._current = None
         self._iter: Optional[Iterator] = None
@@ -188,7 +188,8 @@ class EEPooledAlgorithm(ThorAlgorithm):
         feedback.pushInfo(f"{len(items)} feature square(s) to fetch in {crs} ({workers} parallel requests); "
                           f"session project {session.project}.")
         reader = PatchReader(items, crs, sensor, temporal, image_size=model.image_size, workers=workers,
-                             cache=cfg.use_cache, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+                             cache=cfg.use_cache, is_canceled=feedback.isCanceled, log=feedback.pushInfo,
+                             policy=cfg.policy())
         try:
             dest, counts = write_pooled_features(self, parameters, context, feedback, source, crs_wkt, model,
                                                  output, sensor, reader.read, status_fn=ee_status)

@@ -105,6 +105,9 @@ class RasterGridAlgorithm(ThorAlgorithm):
                                           sensor.fill_value)
         area = source.area(extent_of(self, parameters, context, layer), layer.crs().toWkt())
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
+        P.check_grid_size(source.layout(area, model.image_size, model.grid_side(sensor.scale_m),  # model not loaded
+                                        margin=P.context_margin(self, parameters, context)), model, output,
+                          sensor.scale_m, hint="Check the extent and its CRS. ")
         embedder = open_embedder(model, sensor.scale_m, steps)
         # the model knows its token grid (it depends on image size, patch size and scale)
         layout = source.layout(area, model.image_size, embedder.grid_side(),

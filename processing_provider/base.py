@@ -94,6 +94,7 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(message)
         try:
             with contextlib.ExitStack() as self._held:
+                self._claim_outputs(parameters, context)
                 return self.execute(parameters, context, feedback)
         except ThorCanceled:
             raise QgsProcessingException(self.tr("Canceled: no output was written.")) from None
@@ -102,6 +103,40 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
 
     def execute(self, parameters, context, feedback) -> dict:
         raise NotImplementedError
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """Each value with what is allowed (enum options, number ranges, what is wrong with a raster file),
+        then QGIS's own checks."""
+        from .params import check_values
+
+        ok, msg = check_values(self, parameters, context)
+        if not ok:
+            return ok, msg
+        return super().checkParameterValues(parameters, context)
+
+    def _claim_outputs(self, parameters, context) -> None:
+        """Before any work: every file output's folder is writable, and the path is held for the run, so a
+        second run writing the same file is refused (see thor_qgis.output_files)."""
+        from qgis.core import QgsProcessingParameterFeatureSink, QgsProcessingParameterRasterDestination
+
+        from ..thor_qgis import output_files
+
+        for d in self.parameterDefinitions():
+            raster = isinstance(d, QgsProcessingParameterRasterDestination)
+            if not (raster or isinstance(d, QgsProcessingParameterFeatureSink)):
+                continue
+            raw = parameters.get(d.name())
+            sink = getattr(raw, "sink", None)  # QgsProcessingOutputLayerDefinition
+            text = sink.staticValue() if sink is not None and hasattr(sink, "staticValue") else raw
+            if not isinstance(text, str) or not text.strip() or text.strip() == "TEMPORARY_OUTPUT":
+                continue
+            path = (self.parameterAsOutputLayer(parameters, d.name(), context) or "").strip()
+            if path.startswith(("memory:", "postgres:", "ogr:", "spatialite:")) or "://" in path:
+                continue
+            path = path.split("|")[0]
+            if not os.path.isabs(path):
+                continue
+            self.hold(output_files.claim(path, (".tif", ".tiff") if raster else ()))
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
         """Style the output layer, if Processing loads it (``execute`` stored its path in ``_dest``)."""

@@ -30,6 +30,7 @@ from ..thor_qgis.errors import ThorConfigError
 PROJECT = "PROJECT"
 SERVICE_ACCOUNT_KEY = "SERVICE_ACCOUNT_KEY"
 USE_CACHE = "USE_CACHE"
+REQUEST_DEADLINE = "REQUEST_DEADLINE"
 
 SETTING_PROJECT = "thor/ee_project"
 SETTING_API_URL = "thor/ee_api_url"
@@ -74,10 +75,27 @@ def add_ee_params(alg, tr) -> None:
         behavior=FILE_BEHAVIOR_FILE, extension="json", optional=True),
         tr("A JSON key of a service account registered for Earth Engine (Cloud console > IAM > Service "
            "accounts > Keys). Only its path is recorded, never its content.")))
+    from qgis.core import QgsProcessingParameterNumber
+
+    alg.addParameter(P._advanced(QgsProcessingParameterNumber(
+        REQUEST_DEADLINE, tr("Earth Engine request deadline (s)"), QgsProcessingParameterNumber.Double,
+        defaultValue=_default_deadline(), minValue=1.0, maxValue=3600.0),
+        tr("How long one request may take before it is abandoned and tried once more. A request and its "
+           "retries together take at most twice this plus a minute. Default from $THOR_EE_DEADLINE_S, else "
+           "120 s.")))
     alg.addParameter(P._advanced(QgsProcessingParameterBoolean(
         USE_CACHE, tr("Keep fetched imagery in the disk cache"), defaultValue=True),
         tr("Fetched tiles are kept in $THOR_CACHE_DIR (default ~/.cache/thor_qgis/ee) and reused by later "
            "runs with the same request. Date ranges that reach past today are never cached.")))
+
+
+def _default_deadline() -> float:
+    from ..thor_qgis import ee_session
+
+    try:
+        return ee_session.default_deadline_s()
+    except ThorConfigError:  # reported when a run starts (see ee_config)
+        return ee_session.DEFAULT_DEADLINE_S
 
 
 @dataclass(frozen=True)
@@ -88,13 +106,28 @@ class EEConfig:
     api_url: Optional[str]
     service_account_key: Optional[str]
     use_cache: bool
+    deadline_s: Optional[float] = None
+
+    def policy(self):
+        """The retry policy of the run's requests (its per-request deadline)."""
+        from ..thor_qgis.ee_fetch import RetryPolicy
+        from ..thor_qgis.ee_session import default_deadline_s
+
+        return RetryPolicy(deadline_s=self.deadline_s if self.deadline_s else default_deadline_s())
 
 
 def ee_config(alg, parameters, context, api_url: Optional[str]) -> EEConfig:
     project = (alg.parameterAsString(parameters, PROJECT, context) or "").strip() or None
     key = (alg.parameterAsFile(parameters, SERVICE_ACCOUNT_KEY, context) or "").strip() or None
+    deadline = None
+    if alg.parameterDefinition(REQUEST_DEADLINE) is not None and parameters.get(REQUEST_DEADLINE) is not None:
+        deadline = alg.parameterAsDouble(parameters, REQUEST_DEADLINE, context) or None
+    if deadline is None:
+        from ..thor_qgis.ee_session import default_deadline_s
+
+        deadline = default_deadline_s()  # a bad $THOR_EE_DEADLINE_S is an error naming it
     return EEConfig(project=project, api_url=api_url, service_account_key=key,
-                    use_cache=alg.parameterAsBool(parameters, USE_CACHE, context))
+                    use_cache=alg.parameterAsBool(parameters, USE_CACHE, context), deadline_s=deadline)
 
 
 def api_kind(url: Optional[str]) -> str:
@@ -127,7 +160,7 @@ def open_session(cfg: EEConfig, feedback):
     info = ee_session.ensure_session(cfg.project, url=url, service_account_key=cfg.service_account_key,
                                      log=feedback.pushInfo)
     feedback.pushInfo(f"Earth Engine: project {info.project}, {api_kind(info.api_url)}"
-                      f"{' ' + info.api_url if info.api_url else ''}, credentials: {info.auth}.")
+                      f"{' ' + ee_session.redact(info.api_url) if info.api_url else ''}, credentials: {info.auth}.")
     return info
 
 
@@ -251,23 +284,22 @@ def read_point(alg, parameters, name: str, context) -> Optional[AreaInput]:
     return AreaInput("point", crs_string(crs), point=(pt.x(), pt.y()))
 
 
-DEFAULT_MAX_REQUESTS = 10000
-
-
-def check_request_count(n: int, what: str) -> None:
+def check_request_count(n: int, what: str, **estimate) -> None:
     """Refuse a run that would send more than ``$THOR_EE_MAX_REQUESTS`` (10 000) requests: usually an
-    extent typed in the wrong order or the wrong CRS, which would otherwise run for days."""
+    extent typed in the wrong order or the wrong CRS, which would otherwise run for days. Same style and
+    estimate as the raster path's tile limit (thor_qgis.limits)."""
     from qgis.core import QgsProcessingException
 
+    from ..thor_qgis import limits
+    from ..thor_qgis.errors import ThorError
+
     try:
-        limit = int(os.environ.get("THOR_EE_MAX_REQUESTS", "") or DEFAULT_MAX_REQUESTS)
-    except ValueError:
-        limit = DEFAULT_MAX_REQUESTS
-    if n > limit:
-        raise QgsProcessingException(
-            f"This area needs {n:,} Earth Engine requests ({what}), more than the limit of {limit:,}. Check the "
-            "extent: QGIS extents are xmin, xmax, ymin, ymax, in the CRS given in brackets. For a really large "
-            "area, raise the limit with the environment variable THOR_EE_MAX_REQUESTS.")
+        limits.check_tiles(n, what=f"Earth Engine requests ({what})", env_var=limits.ENV_EE_MAX_REQUESTS,
+                           default=limits.DEFAULT_EE_MAX_REQUESTS,
+                           hint="Check the extent: QGIS extents are xmin, xmax, ymin, ymax, in the CRS given in "
+                                "brackets. ", **estimate)
+    except ThorError as e:
+        raise QgsProcessingException(str(e)) from None
 
 
 def utm_area(area: AreaInput, half_side_m: Optional[float] = None):

@@ -138,6 +138,16 @@ def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale
         raise QgsProcessingException(str(e)) from None
 
 
+def check_grid_size(layout, model: specs.ModelSpec, output: specs.OutputSpec, scale_m: float, **kw) -> None:
+    """Before the model loads: refuse a grid run past the tile limit, with its estimate (thor_qgis.limits)."""
+    from ..thor_qgis import limits
+
+    width, height = layout.output_size()
+    channels = model.variant.embed_dim * (2 if output.group_merge == "concat" else 1)
+    limits.check_tiles(layout.n_tiles, model=model, scale_m=scale_m, output_pixels=width * height,
+                       channels=channels, what=f"tiles of {layout.tile_size_m:g} m", **kw)
+
+
 def add_grid_destination(alg, tr, name: str = "OUTPUT") -> None:
     """The grid GeoTIFF and the numbers every grid algorithm returns with it."""
     from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterRasterDestination
@@ -269,12 +279,109 @@ def to_spec(cls, **values):
 
 
 def check_model_values(alg, parameters, context) -> Tuple[bool, Optional[str]]:
-    """For ``checkParameterValues``: the cross-field checks of the model spec (and of the context margin,
-    where the algorithm has one), before anything runs."""
+    """For ``checkParameterValues``: each value on its own (with what is allowed), the RS_EMBED_THOR_*
+    variables, then the cross-field checks of the model spec: the pixel size against the patch size, the
+    tokens per tile and memory of the configuration (:mod:`thor_qgis.limits`), and the context margin where
+    the algorithm has one; all before anything runs."""
+    from ..thor_qgis import limits
+
+    ok, msg = check_values(alg, parameters, context)
+    if not ok:
+        return ok, msg
     try:
+        specs.check_env()
         model = model_spec(alg, parameters, context)
+        scale = alg.parameterAsDouble(parameters, SCALE, context) if alg.parameterDefinition(SCALE) else 10.0
+        limits.check_model(model, scale)
         if alg.parameterDefinition(CONTEXT_MARGIN) is not None and alg.parameterDefinition(SCALE) is not None:
-            check_context_margin(alg, parameters, context, model, alg.parameterAsDouble(parameters, SCALE, context))
+            check_context_margin(alg, parameters, context, model, scale)
         return True, None
+    except ThorConfigError as e:
+        return False, str(e)
     except QgsProcessingException as e:
         return False, str(e)
+
+
+def check_values(alg, parameters, context) -> Tuple[bool, Optional[str]]:
+    """Each parameter on its own, saying what is allowed: an enum's options, a number's range, and for a
+    raster file what is wrong with it (QGIS would only say that the value is incorrect, or "not found")."""
+    from qgis.core import QgsProcessingParameterRasterLayer
+
+    for d in alg.parameterDefinitions():
+        name = d.name()
+        value = parameters.get(name)
+        if isinstance(d, QgsProcessingParameterRasterLayer):
+            problem = raster_file_problem(value, context)
+            if problem:
+                return False, f"{d.description()} ({name}): {problem}"
+            continue
+        if value is None or d.checkValueIsAcceptable(value, context):
+            continue
+        if isinstance(d, QgsProcessingParameterEnum):
+            options = d.options()
+            return False, (f"{d.description()} ({name}): {value!r} is not one of the allowed values: "
+                           + ", ".join(options) + (" (or their index, 0 to " + str(len(options) - 1) + ")"
+                                                  if not d.usesStaticStrings() else ""))
+        if isinstance(d, QgsProcessingParameterNumber):
+            lo, hi = d.minimum(), d.maximum()
+            rng = []
+            if lo > -1e300:
+                rng.append(f"at least {lo:g}")
+            if hi < 1e300:
+                rng.append(f"at most {hi:g}")
+            whole = " a whole number" if d.dataType() == QgsProcessingParameterNumber.Integer else " a number"
+            return False, (f"{d.description()} ({name}): {value!r} is not allowed: it must be{whole}"
+                           + (f", {' and '.join(rng)}" if rng else "") + ".")
+    return True, None
+
+
+def raster_file_problem(value, context) -> Optional[str]:
+    """What is wrong with a raster input given as a file path (None if it is fine, or not a plain path:
+    a layer, a layer id, a provider URI are left to QGIS)."""
+    import os
+
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = value.strip()
+    if "|" in path or "://" in path or path.upper().startswith(("NETCDF:", "HDF", "GPKG:", "/VSI")):
+        return None
+    project = context.project() if context is not None else None
+    if project is not None and project.mapLayer(path) is not None:
+        return None
+    if not os.path.exists(path):
+        if os.sep in path or "/" in path or os.path.splitext(path)[1]:
+            return f"the file {path} does not exist"
+        return None
+    if os.path.isdir(path):
+        return None  # a folder may be a raster (a SAFE product, an Arc/Info grid): GDAL decides
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        return f"the file {path} cannot be read ({e.strerror or e})"
+    if size == 0:
+        return f"the file {path} is empty (0 bytes)"
+    from ..thor_qgis.gdal_io import gdal
+
+    g = gdal()
+    ds = None
+    failure = None
+    try:
+        ds = g.OpenEx(path, g.OF_RASTER | g.OF_READONLY)
+    except RuntimeError as e:
+        failure = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if ds is None:
+        vector = None
+        try:
+            vector = g.OpenEx(path, g.OF_VECTOR | g.OF_READONLY)
+        except RuntimeError:
+            pass
+        if vector is not None:
+            return f"the file {path} is a vector dataset ({vector.GetDriver().ShortName}), not a raster"
+        detail = f" (GDAL: {failure})" if failure else ""
+        return (f"the file {path} is not a raster GDAL can read: not a known raster format, or damaged"
+                f"{detail}")
+    if ds.RasterCount == 0:
+        return f"the file {path} holds no raster band"
+    return None

@@ -38,6 +38,9 @@ class Embedder:
             raise ThorConfigError(f"scale_m must be a positive number of metres, got {scale_m!r}") from None
         if not scale > 0:
             raise ThorConfigError(f"scale_m must be a positive number of metres, got {scale_m!r}")
+        from .limits import check_model
+
+        check_model(model, scale)  # tokens per tile and memory, before anything is loaded
         self.model = model
         self.scale_m = scale
         self.batch_size = int(model.batch_size)

@@ -96,6 +96,7 @@ def estimate_model(model: ModelSpec, scale_m: float = 10.0) -> ModelEstimate:
 
 def check_model(model: ModelSpec, scale_m: float = 10.0, env: Optional[Mapping[str, str]] = None) -> ModelEstimate:
     """Refuse a configuration whose tokens per tile or memory estimate is past the limits (ThorConfigError)."""
+    check_cover(model, scale_m)
     est = estimate_model(model, scale_m)
     max_tokens = int(_env_number(ENV_MAX_TOKENS, DEFAULT_MAX_TOKENS, env))
     what = (f"image size {model.image_size} px at {float(scale_m):g} m with patch size {model.patch_size} gives "
@@ -119,6 +120,22 @@ def check_model(model: ModelSpec, scale_m: float = 10.0, env: Optional[Mapping[s
             f"{what}, more than {whose}. Use fewer tiles per batch, a larger patch size or a smaller image "
             f"size; to go past it anyway, set the environment variable {ENV_MAX_MEMORY_GB} (GiB).")
     return est
+
+
+def check_cover(model: ModelSpec, scale_m: float) -> None:
+    """The ground a tile covers (image size x pixel size) must split into whole patches of the 10 m and the
+    20 m bands; said in terms of the parameters the user set."""
+    scale = float(scale_m)
+    if not (scale > 0 and scale < 1e6):
+        raise ThorConfigError(f"the pixel size must be a positive number of metres, got {scale_m!r}")
+    cover = scale * model.image_size
+    need = model.patch_size * 20
+    if round(cover) < need or abs(cover - round(cover)) > 1e-6 or round(cover) % need:
+        raise ThorConfigError(
+            f"a tile of {model.image_size} px at a pixel size of {scale:g} m covers {cover:g} m, which patch size "
+            f"{model.patch_size} cannot cut into whole patches of the 10 m and 20 m bands (it needs a multiple "
+            f"of {model.patch_size} x 20 m = {need} m). THOR reads Sentinel-2 at 10 m: keep the pixel size at 10 "
+            "m, or pick an image size and pixel size whose product is such a multiple")
 
 
 def seconds_per_tile(model: ModelSpec, scale_m: float = 10.0) -> float:

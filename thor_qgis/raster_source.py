@@ -136,6 +136,27 @@ class RasterSource:
                       f"to {self.scale_m:g} m in {_crs_name(self.crs)} on the fly.")
         self.info = gdal_io.raster_info(self.ds)
         self.nodata = [self.ds.GetRasterBand(b).GetNoDataValue() for b in self.band_map]
+        self._check_offset(src)
+
+    def _check_offset(self, src) -> None:
+        """Sentinel-2 L2A of processing baseline 04.00 or later stores reflectance x 10000 + 1000. With no
+        offset given, one the raster's metadata states (BOA_ADD_OFFSET) is used; otherwise a raster whose
+        valid values are all >= 1000 in every band gets a warning naming the fix."""
+        if self.dn_offset != 0:
+            return
+        found = metadata_offset(src, self.band_map)
+        if found is not None:
+            value, where = found
+            self.dn_offset = value
+            self._log(f"Using the offset {value:g} stated in the raster's metadata ({where}), as for Sentinel-2 "
+                      "L2A of processing baseline 04.00 or later; set the offset parameter to override it.")
+            return
+        minima = band_minima(src, self.band_map)
+        if minima and all(m is not None and m >= 1000 for m in minima):
+            self._log(f"WARNING: every band's valid values are at least 1000 (smallest minimum {min(minima):g}): "
+                      "this looks like Sentinel-2 L2A of processing baseline 04.00 or later, stored as "
+                      "reflectance x 10000 + 1000. Without DN_OFFSET=-1000 (the 'Offset added to the pixel "
+                      "values' parameter) its embeddings are wrong.")
 
     def _warp(self, src):
         g = gdal_io.gdal()
@@ -240,6 +261,68 @@ class RasterSource:
         for tile in layout.tiles():
             arr, valid = self.read_tile(layout, tile)
             yield tile, arr, valid
+
+
+_OFFSET_KEYS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
+
+
+def metadata_offset(ds, band_map: Sequence[int]) -> Optional[Tuple[float, str]]:
+    """``(offset, where)`` when the raster's metadata states one additive offset for THOR's bands, as GDAL
+    exposes Sentinel-2 L2A metadata (``BOA_ADD_OFFSET_B<n>`` or ``BOA_ADD_OFFSET`` items, on the dataset or
+    on the bands); None otherwise (or when the bands disagree)."""
+    found: List[float] = []
+    where = ""
+    dataset_md = {}
+    for domain in (None, "IMAGERY"):
+        try:
+            dataset_md.update({k.upper(): v for k, v in (ds.GetMetadata(domain) if domain else ds.GetMetadata()
+                                                         or {}).items()})
+        except (RuntimeError, AttributeError):
+            pass
+    for pos, b in enumerate(band_map):
+        s2 = S2_BANDS[pos] if pos < len(S2_BANDS) else ""
+        band = ds.GetRasterBand(int(b))
+        band_md = {k.upper(): v for k, v in (band.GetMetadata() or {}).items()}
+        value = None
+        candidates = []
+        for key in _OFFSET_KEYS:
+            candidates += [(band_md, key), (dataset_md, f"{key}_{s2}"), (dataset_md, key)]
+        for md, key in candidates:
+            if key in md:
+                try:
+                    value = float(md[key])
+                except (TypeError, ValueError):
+                    continue
+                where = where or key
+                break
+        if value is None:
+            return None
+        found.append(value)
+    if not found or max(found) != min(found) or found[0] == 0:
+        return None
+    return found[0], where
+
+
+def band_minima(ds, band_map: Sequence[int], side: int = 256) -> List[Optional[float]]:
+    """Each band's minimum over valid pixels (not nodata, finite), from a decimated read of the whole
+    raster (at most ``side`` x ``side`` samples; nothing is written beside the file); None where no pixel
+    is valid."""
+    w, h = ds.RasterXSize, ds.RasterYSize
+    bw, bh = min(w, side), min(h, side)
+    out: List[Optional[float]] = []
+    for b in band_map:
+        band = ds.GetRasterBand(int(b))
+        try:
+            arr = band.ReadAsArray(0, 0, w, h, buf_xsize=bw, buf_ysize=bh).astype(np.float64)
+        except RuntimeError:
+            return []
+        ok = np.isfinite(arr)
+        nd = band.GetNoDataValue()
+        if nd is not None and not math.isnan(nd):
+            ok &= arr != nd
+        out.append(float(arr[ok].min()) if ok.any() else None)
+    ds.FlushCache()
+    return out
 
 
 def _crs_name(wkt: str) -> str:

@@ -321,6 +321,49 @@ def model_spec_from_env(env: Optional[Mapping[str, str]] = None, **explicit: Any
     return ModelSpec(**values), source
 
 
+def check_env(env: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse invalid ``RS_EMBED_THOR_*`` values, naming the variable (they would otherwise be dropped
+    silently for the built-in defaults)."""
+    env = os.environ if env is None else env
+
+    def value(var: str) -> str:
+        return str(env.get(ENV_PREFIX + var, "") or "").strip()
+
+    checks = (
+        ("MODEL_KEY", lambda v: _check_in("model key", v, tuple(MODEL_VARIANTS))),
+        ("IMG", lambda v: _positive_int("image size", v)),
+        ("PATCH_SIZE", lambda v: _positive_int("patch size", v)),
+        ("NORMALIZE", lambda v: _choice("normalization", v, NORMALIZATIONS)),
+        ("PRETRAINED", lambda v: _parse_bool("it", v)),
+        ("GROUP_MERGE", lambda v: _choice("group merge", v, GROUP_MERGES)),
+        ("FETCH_WORKERS", lambda v: _positive_int("fetch workers", v)),
+    )
+    for var, check in checks:
+        v = value(var)
+        if not v:
+            continue
+        try:
+            check(v)
+        except ThorConfigError as e:
+            raise ThorConfigError(f"the environment variable {ENV_PREFIX}{var} is invalid: {e}. Fix or unset "
+                                  "it") from None
+    ck = value("CKPT")
+    if ck and not os.path.isfile(os.path.expanduser(ck)):
+        raise ThorConfigError(f"the environment variable {ENV_PREFIX}CKPT names {ck}, which is not a file. Fix "
+                              "or unset it")
+    try:
+        model_spec_from_env(env)
+    except ThorConfigError as e:
+        raise ThorConfigError(f"the RS_EMBED_THOR_* environment variables do not fit together: {e}") from None
+
+
+def _check_in(name: str, value: Any, allowed: Tuple[str, ...]) -> str:
+    v = str(value).strip().lower()
+    if v not in allowed:
+        raise ThorConfigError(f"{name} must be {_or_list(allowed)}, got {value!r}")
+    return v
+
+
 def env_default(name: str, default: Any, env: Optional[Mapping[str, str]] = None) -> Any:
     """The ``RS_EMBED_THOR_<name>`` environment value if set and non-empty, else ``default``."""
     env = os.environ if env is None else env
