@@ -580,8 +580,8 @@ def translate_ee_error(exc: BaseException, *, what: str = "the Earth Engine requ
                               f"'Earth Engine request deadline', or the environment variable {ENV_DEADLINE}).")
     if is_unreadable_answer(exc):
         return ThorFetchError(f"{what} failed: Earth Engine sent an unreadable answer (cut short or garbled on "
-                              f"the way: {msg.splitlines()[0][:160]}). Try again later; check any proxy between "
-                              "this computer and Earth Engine.")
+                              "the way). Try again later; check any proxy between this computer and Earth "
+                              "Engine.")
     if is_connection_error(exc):
         return ThorFetchError(f"{what} failed: cannot reach the Earth Engine API ({msg}). Check the network "
                               "connection and the Earth Engine API URL setting.")
