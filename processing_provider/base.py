@@ -136,7 +136,21 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
             path = path.split("|")[0]
             if not os.path.isabs(path):
                 continue
+            self._refuse_overwriting_an_input(parameters, context, d, path)
             self.hold(output_files.claim(path, (".tif", ".tiff") if raster else ()))
+
+    def _refuse_overwriting_an_input(self, parameters, context, out_def, path) -> None:
+        from qgis.core import QgsProcessingException, QgsProcessingParameterRasterLayer
+
+        for d in self.parameterDefinitions():
+            if not isinstance(d, QgsProcessingParameterRasterLayer) or parameters.get(d.name()) is None:
+                continue
+            layer = self.parameterAsRasterLayer(parameters, d.name(), context)
+            src = layer.source().split("|")[0] if layer is not None else ""
+            if src and os.path.exists(src) and os.path.exists(path) and os.path.samefile(src, path):
+                raise QgsProcessingException(
+                    f"{out_def.description()} ({out_def.name()}) is the input file {src}: the run would replace "
+                    "its own input. Choose another output file.")
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
         """Style the output layer, if Processing loads it (``execute`` stored its path in ``_dest``)."""

@@ -322,6 +322,10 @@ def check_values(alg, parameters, context) -> Tuple[bool, Optional[str]]:
             return False, (f"{d.description()} ({name}): {value!r} is not one of the allowed values: "
                            + ", ".join(options) + (" (or their index, 0 to " + str(len(options) - 1) + ")"
                                                   if not d.usesStaticStrings() else ""))
+        if d.type() == "extent":
+            return False, (f"{d.description()} ({name}): {value!r} is not an extent: give xmin,xmax,ymin,ymax "
+                           "with its CRS in brackets, e.g. '600000,610000,5090000,5100000 [EPSG:32633]', or a "
+                           "layer")
         if isinstance(d, QgsProcessingParameterNumber):
             lo, hi = d.minimum(), d.maximum()
             rng = []

@@ -106,6 +106,11 @@ class RasterSource:
         self.scale_m = float(scale_m)
         self.fill_value = float(fill_value)
         self.dn_offset = float(dn_offset)
+        if not math.isfinite(self.dn_offset) or not math.isfinite(self.fill_value) and not math.isnan(
+                self.fill_value):
+            raise ThorInputError(f"the offset added to the pixel values must be a finite number, got {dn_offset!r}"
+                                 if not math.isfinite(self.dn_offset) else
+                                 f"the fill value must be a finite number or NaN, got {fill_value!r}")
         self._log = log or (lambda _m: None)
         src = gdal_io.open_raster(self.path)
         self._src = src

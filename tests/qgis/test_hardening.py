@@ -338,3 +338,21 @@ def test_a_second_writer_in_another_process_is_refused(plugin, engine, small_ras
                              "MODEL_KEY=thor_v1_tiny", "PRETRAINED=false", f"OUTPUT={out}")
     assert r.returncode == 1 and "another run is writing" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+# --- found while testing beyond the issue -----------------------------------------------------------------
+
+def test_more_bad_inputs_say_what_is_wrong(plugin, small_raster, tmp_path):
+    out = str(tmp_path / "out.tif")
+    assert "finite number" in refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY, "DN_OFFSET": "nan",
+                                                           "OUTPUT": out})
+    assert "is not an extent" in refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY, "EXTENT": "abc",
+                                                              "OUTPUT": out})
+    assert "would replace its own input" in refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY,
+                                                                         "OUTPUT": small_raster})
+    assert "ending in .tif" in refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY,
+                                                            "OUTPUT": str(tmp_path / "out.png")})
+    os.makedirs(tmp_path / "folder.tif")
+    assert "is a folder" in refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY,
+                                                         "OUTPUT": str(tmp_path / "folder.tif")})
+    assert no_outputs(tmp_path) == []
