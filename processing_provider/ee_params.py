@@ -24,7 +24,7 @@ from qgis.core import (
 )
 
 from . import params as P
-from .compat import FILE_BEHAVIOR_FILE, WKT_PREFERRED_GDAL
+from .compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, WKT_PREFERRED_GDAL
 from ..thor_qgis.errors import ThorConfigError
 
 PROJECT = "PROJECT"
@@ -78,7 +78,7 @@ def add_ee_params(alg, tr) -> None:
     from qgis.core import QgsProcessingParameterNumber
 
     alg.addParameter(P._advanced(QgsProcessingParameterNumber(
-        REQUEST_DEADLINE, tr("Earth Engine request deadline (s)"), QgsProcessingParameterNumber.Double,
+        REQUEST_DEADLINE, tr("Earth Engine request deadline (s)"), NUMBER_DOUBLE,
         defaultValue=_default_deadline(), minValue=1.0, maxValue=3600.0),
         tr("How long one request may take before it is abandoned and tried once more. A request and its "
            "retries together take at most twice this plus a minute. Default from $THOR_EE_DEADLINE_S, else "

@@ -333,7 +333,7 @@ def check_values(alg, parameters, context) -> Tuple[bool, Optional[str]]:
                 rng.append(f"at least {lo:g}")
             if hi < 1e300:
                 rng.append(f"at most {hi:g}")
-            whole = " a whole number" if d.dataType() == QgsProcessingParameterNumber.Integer else " a number"
+            whole = " a whole number" if d.dataType() == NUMBER_INTEGER else " a number"
             return False, (f"{d.description()} ({name}): {value!r} is not allowed: it must be{whole}"
                            + (f", {' and '.join(rng)}" if rng else "") + ".")
     return True, None
