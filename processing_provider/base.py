@@ -100,6 +100,19 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.tr("Canceled: no output was written.")) from None
         except ThorError as e:
             raise QgsProcessingException(str(e)) from None
+        except QgsProcessingException:
+            raise
+        except MemoryError:
+            raise QgsProcessingException(self.tr(
+                "Out of memory: use fewer tiles per batch, a smaller image size or a smaller area.")) from None
+        except Exception as e:  # noqa: BLE001 - a last net: one line for the user, the traceback in the log
+            import traceback
+
+            feedback.pushDebugInfo("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise QgsProcessingException(
+                f"{type(e).__name__}: {first} (an unexpected error: the details are in the log; please report "
+                "it)") from None
 
     def execute(self, parameters, context, feedback) -> dict:
         raise NotImplementedError

@@ -356,3 +356,24 @@ def test_more_bad_inputs_say_what_is_wrong(plugin, small_raster, tmp_path):
     assert "is a folder" in refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY,
                                                          "OUTPUT": str(tmp_path / "folder.tif")})
     assert no_outputs(tmp_path) == []
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(plugin, small_raster, tmp_path,
+                                                                         monkeypatch):
+    import importlib
+
+    from tests.conftest import PLUGIN_NAME
+
+    pipeline = importlib.import_module(PLUGIN_NAME + ".thor_qgis.pipeline")
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(pipeline, "write_grid", broken)
+    fb = LogFeedback()
+    fb.debug = []
+    fb.pushDebugInfo = fb.debug.append
+    msg = refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY, "OUTPUT": str(tmp_path / "out.tif")},
+                  fb)
+    assert msg.startswith("KeyError: 'a bug'") and "Traceback" not in msg and "\n" not in msg
+    assert no_outputs(tmp_path) == []
