@@ -7,6 +7,7 @@ from qgis.core import (
     QgsFeatureSink,
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
@@ -53,7 +54,9 @@ def write_pooled_features(alg, parameters, context, feedback, source, crs_wkt, m
     progress, is_canceled, _ = callbacks(steps)
     dim = embedder.metadata["embed_dim"]
     fields = output_fields(source.fields(), dim)
-    target = _sink_file(alg.parameterAsOutputLayer(parameters, OUTPUT, context))
+    # not parameterAsOutputLayer: on a feature-sink output it registers a second, phantom layer to load
+    # ("memory:…" for a temporary output), which Processing then reports as "not correctly generated"
+    target = _sink_file(_sink_destination(parameters.get(OUTPUT), context))
     before = _siblings(target)
     sink, dest = alg.parameterAsSink(parameters, OUTPUT, context, fields, source.wkbType(), source.sourceCrs())
     if sink is None:
@@ -89,6 +92,13 @@ def _siblings(target):
                 or f.startswith(name + "-")}
     except OSError:
         return set()
+
+
+def _sink_destination(value, context) -> str:
+    """The destination text of a feature-sink parameter value, evaluated without side effects."""
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink.valueAsString(context.expressionContext())[0]
+    return value if isinstance(value, str) else ""
 
 
 def _sink_file(dest: str):
