@@ -102,10 +102,38 @@ def _pseudocolor(layer, lo: float, hi: float, ramp_name: str, invert: bool = Fal
     layer.triggerRepaint()
 
 
+def data_stretch(layer, band: int = 1, lower: float = 0.02, upper: float = 0.98):
+    """(lo, hi, minimum, maximum): the band's ``lower``..``upper`` percentiles, and its true range."""
+    provider = layer.dataProvider()
+    stats = provider.bandStatistics(band, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+    mn, mx = float(stats.minimumValue), float(stats.maximumValue)
+    lo, hi = provider.cumulativeCut(band, lower, upper, layer.extent(), 250000)
+    lo, hi = float(lo), float(hi)
+    if not hi > lo:  # (almost) constant, or too few pixels for percentiles
+        lo, hi = mn, mx
+    if not hi > lo:
+        lo, hi = lo - 1e-6, hi + 1e-6
+    return lo, hi, mn, mx
+
+
+def _label_ends(layer, mn: float, mx: float, digits: int = 4) -> None:
+    """Make the legend honest about a percentile stretch: the end classes say where the data really end."""
+    shader_fn = layer.renderer().shader().rasterShaderFunction()
+    items = shader_fn.colorRampItemList()
+    if len(items) >= 2:
+        items[0].label = f"\u2264 {items[0].value:.{digits}f} (min {mn:.{digits}f})"
+        items[-1].label = f"\u2265 {items[-1].value:.{digits}f} (max {mx:.{digits}f})"
+        shader_fn.setColorRampItemList(items)
+
+
 def style_similarity(layer) -> None:
-    """Cosine similarity −1..1 on a diverging ramp (high = like the reference)."""
+    """Cosine similarity on a diverging ramp (high = like the reference), stretched to the data's 2nd..98th
+    percentiles: similarities often all lie within 0.99..1, which a fixed −1..1 ramp shows as one colour.
+    The legend's end classes give the data's true minimum and maximum."""
     if isinstance(layer, QgsRasterLayer):
-        _pseudocolor(layer, -1.0, 1.0, "RdYlBu", invert=True)
+        lo, hi, mn, mx = data_stretch(layer)
+        _pseudocolor(layer, lo, hi, "RdYlBu", invert=True)
+        _label_ends(layer, mn, mx)
 
 
 def style_change(layer) -> None:

@@ -69,3 +69,26 @@ def test_pooled_to_temporary_output_registers_only_the_real_layer(plugin, sample
         layer = QgsProcessingUtils.mapLayerFromString(key, context)
         assert layer is not None and layer.isValid(), f"{key} would be reported as not correctly generated"
         assert layer.featureCount() == 2
+
+
+def test_similarity_ramp_stretches_to_the_data_and_legend_shows_true_range(plugin, tmp_path):
+    """Similarities of 0.996..1.0 on a fixed −1..1 ramp were one flat colour."""
+    from qgis.core import QgsRasterLayer
+
+    from tests.helpers import write_raster
+    from thor_embeddings.processing_provider.styling import style_similarity
+
+    rng = np.random.default_rng(0)
+    values = (0.996 + 0.004 * rng.random((40, 40))).astype("float32")
+    path = write_raster(tmp_path / "sim.tif", values, (500000, 160, 0, 5000000, 0, -160), nodata=-9999)
+    layer = QgsRasterLayer(path, "sim")
+    style_similarity(layer)
+    renderer = layer.renderer()
+    assert renderer.type() == "singlebandpseudocolor"
+    lo, hi = renderer.classificationMin(), renderer.classificationMax()
+    assert 0.996 <= lo < hi <= 1.0, (lo, hi)
+    # distinct pixels get distinct colours: the picture is not one flat colour
+    colours = {renderer.shader().shade(float(v))[1:4] for v in np.quantile(values, [0.05, 0.5, 0.95])}
+    assert len(colours) == 3
+    items = renderer.shader().rasterShaderFunction().colorRampItemList()
+    assert f"min {values.min():.4f}" in items[0].label and f"max {values.max():.4f}" in items[-1].label
