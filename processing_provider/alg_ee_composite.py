@@ -9,7 +9,7 @@ from qgis.core import (
 
 from . import ee_params as E
 from . import params as P
-from .base import GROUP_EE, ThorAlgorithm
+from .base import GROUP_IMAGERY, ThorAlgorithm
 from .provider import plugin_version
 from .styling import style_true_colour
 
@@ -23,7 +23,7 @@ class EECompositeAlgorithm(ThorAlgorithm):
     NAME = "ee_composite"
     DISPLAY = "Sentinel-2 composite from Earth Engine"
     STYLE = style_true_colour
-    GROUP = GROUP_EE
+    GROUP = GROUP_IMAGERY
     REQUIRES = ("osgeo", "ee")
     HELP = ("Fetches a Sentinel-2 surface reflectance composite (median, mean, min, max or least-cloudy mosaic "
             "of the scenes between the two dates under the cloudy-pixel threshold) from Google Earth Engine "

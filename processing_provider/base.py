@@ -19,9 +19,31 @@ INSTALL_HINTS: Dict[str, str] = {
     "osgeo": "GDAL's Python bindings (they come with QGIS)",
 }
 
-GROUP_RASTER = ("embed_raster", "Embeddings from a raster layer")
-GROUP_EE = ("embed_earthengine", "Embeddings from Earth Engine")
-GROUP_ANALYSIS = ("analysis", "Embedding analysis")
+# The toolbox sorts groups by name: the numbers keep them in workflow order (imagery → embeddings → analysis).
+GROUP_IMAGERY = ("imagery", "1 · Sentinel-2 imagery")
+GROUP_RASTER = ("embed_raster", "2 · Embeddings from a raster layer")
+GROUP_EE = ("embed_earthengine", "3 · Embeddings from Earth Engine")
+GROUP_ANALYSIS = ("analysis", "4 · Embedding analysis")
+
+# what users type into the toolbox's search box; every algorithm has these, plus its own TAGS
+COMMON_TAGS = ("thor", "fm4cs", "sentinel", "sentinel-2", "s2", "embedding", "embeddings", "foundation model",
+               "geospatial foundation model", "deep learning", "ai", "machine learning", "vision transformer",
+               "remote sensing", "earth observation")
+
+
+def repository_url() -> str:
+    import configparser
+
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(os.path.join(PLUGIN_DIR, "metadata.txt"), encoding="utf-8")
+    return cp.get("general", "repository", fallback="").rstrip("/")
+
+
+def readme_anchor(heading: str) -> str:
+    """The anchor a Markdown heading gets on the repository's web page (GitHub's rule: lower case, spaces
+    to hyphens, punctuation other than hyphens and underscores dropped)."""
+    text = heading.strip().lower()
+    return "".join(ch for ch in text.replace(" ", "-") if ch.isalnum() or ch in "-_")
 
 
 def missing_modules(names: Sequence[str]) -> Tuple[str, ...]:
@@ -37,6 +59,7 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
     GROUP = GROUP_RASTER
     REQUIRES: Tuple[str, ...] = ("osgeo",)
     HELP = ""
+    TAGS: Tuple[str, ...] = ()
     STYLE = None  # style function (layer) -> None for the raster output that ``execute`` sets as ``_dest``
 
     # --- identity ------------------------------------------------------------------------
@@ -57,6 +80,14 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
 
     def group(self):
         return self.tr(self.GROUP[1])
+
+    def tags(self):
+        return [self.tr(t) for t in (*COMMON_TAGS, *self.TAGS)]
+
+    def helpUrl(self):  # noqa: N802
+        """This algorithm's section of the README ("### thor:<name>" under "Algorithm reference")."""
+        base = repository_url()
+        return f"{base}/blob/main/README.md#{readme_anchor('thor:' + self.NAME)}" if base else ""
 
     def shortHelpString(self):  # noqa: N802
         text = self.tr(self.HELP)
@@ -95,7 +126,9 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
         try:
             with contextlib.ExitStack() as self._held:
                 self._claim_outputs(parameters, context)
-                return self.execute(parameters, context, feedback)
+                results = self.execute(parameters, context, feedback)
+            self._record_run(feedback)
+            return results
         except ThorCanceled:
             raise QgsProcessingException(self.tr("Canceled: no output was written.")) from None
         except ThorError as e:
@@ -164,6 +197,24 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException(
                     f"{out_def.description()} ({out_def.name()}) is the input file {src}: the run would replace "
                     "its own input. Choose another output file.")
+
+    def _record_run(self, feedback) -> None:
+        """Beside a raster output with a THOR_CONFIG record, a sidecar ``<name>.thor.json`` with the same
+        record (easy to find, read and diff), and a one-line summary of the run in the log."""
+        from ..thor_qgis import run_record
+
+        dest = getattr(self, "_dest", None)
+        if not dest:
+            return
+        try:
+            sidecar, summary = run_record.write_sidecar(dest)
+        except OSError as e:
+            feedback.reportError(f"Could not write the run record beside {dest}: {e}", fatalError=False)
+            return
+        if summary:
+            feedback.pushInfo(summary)
+        if sidecar:
+            feedback.pushInfo(f"Run configuration: {sidecar}")
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
         """Style the output layer, if Processing loads it (``execute`` stored its path in ``_dest``)."""

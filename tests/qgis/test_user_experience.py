@@ -92,3 +92,75 @@ def test_similarity_ramp_stretches_to_the_data_and_legend_shows_true_range(plugi
     assert len(colours) == 3
     items = renderer.shader().rasterShaderFunction().colorRampItemList()
     assert f"min {values.min():.4f}" in items[0].label and f"max {values.max():.4f}" in items[-1].label
+
+
+def _thor_algorithms():
+    return [a for a in QgsApplication.processingRegistry().algorithms() if a.provider().id() == "thor"]
+
+
+def _readme_anchors():
+    from thor_embeddings.processing_provider.base import readme_anchor
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        return {readme_anchor(line.lstrip("#")) for line in f if line.startswith("#")}
+
+
+def test_readme_anchor_follows_the_web_rule():
+    from thor_embeddings.processing_provider.base import readme_anchor
+
+    assert readme_anchor("thor:grid_from_raster") == "thorgrid_from_raster"
+    assert readme_anchor("Looking at embeddings") == "looking-at-embeddings"
+
+
+def test_every_algorithm_has_a_help_url_to_its_own_readme_section(plugin):
+    anchors = _readme_anchors()
+    algs = _thor_algorithms()
+    assert len(algs) >= 9
+    for alg in algs:
+        url = alg.helpUrl()
+        assert url.startswith("https://") and "/README.md#" in url, (alg.id(), url)
+        assert url.split("#", 1)[1] in anchors, f"{alg.id()}: README has no section for {url}"
+
+
+@pytest.mark.parametrize("query", ["sentinel", "embedding", "foundation model"])
+def test_toolbox_search_finds_every_algorithm(plugin, query):
+    """The toolbox filter matches names and tags (case-insensitively): each query must find every algorithm."""
+    for alg in _thor_algorithms():
+        words = [alg.displayName().lower(), *[t.lower() for t in alg.tags()]]
+        assert any(query in w for w in words), f"{alg.id()} not found by '{query}'"
+
+
+def test_toolbox_groups_sort_in_workflow_order(plugin):
+    by_group = {}
+    for alg in _thor_algorithms():
+        by_group.setdefault(alg.group(), set()).add(alg.name())
+    order = sorted(by_group, key=str.lower)  # how the toolbox sorts groups
+    first = {name: i for i, g in enumerate(order) for name in by_group[g]}
+    assert first["ee_composite"] < first["grid_from_raster"] < first["ee_grid"] < first["embedding_to_rgb"]
+    assert first["grid_from_raster"] == first["pooled_from_raster"]
+
+
+def test_raster_output_gets_sidecar_record_and_one_line_summary(plugin, sample_raster, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    logged = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802
+            logged.append(info)
+            super().pushInfo(info)
+
+    out = str(tmp_path / "grid.tif")
+    processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": out},
+                   context=QgsProcessingContext(), feedback=Feedback())
+    sidecar = tmp_path / "grid.thor.json"
+    assert sidecar.is_file()
+    record = json.loads(sidecar.read_text())
+    from osgeo import gdal
+
+    assert record["model"] == json.loads(gdal.Open(out).GetMetadataItem("THOR_CONFIG"))["model"]
+    assert record["model"]["model_key"] == "thor_v1_tiny"
+    summary = [line for line in logged if line.startswith("THOR ") and line.endswith(out)]
+    assert len(summary) == 1 and "RANDOM weights" in summary[0] and "thor_v1_tiny" in summary[0], logged[-5:]
