@@ -17,9 +17,16 @@ from .specs import ENV_PREFIX, MODEL_VARIANTS, ModelSpec, ModelVariant
 ENV_CKPT = ENV_PREFIX + "CKPT"
 #: Keys (after stripping ``encoder.``) that belong to the pretraining decoder / unused embeddings.
 IGNORED_PREFIXES = ("decoder_", "decode_", "ref_pos_embed", "pos_embed")
+# How the algorithms' dialogs (and qgis_process, by parameter name) call the weights settings: messages
+# name these, not the engine's internal "weights = hub/checkpoint/random".
+FIELD_PRETRAINED = "'Use the pretrained weights' (PRETRAINED)"
+FIELD_CHECKPOINT = "'Local checkpoint' (CHECKPOINT)"
 RANDOM_WEIGHTS_WARNING = (
-    "THOR is running with RANDOM weights (weights = random): the embeddings carry no pretrained "
-    "knowledge and are only good for testing. Use weights = hub or weights = checkpoint for real embeddings.")
+    f"THOR is running with RANDOM weights ({FIELD_PRETRAINED} is off): the embeddings carry no pretrained "
+    f"knowledge and are only good for testing. Turn {FIELD_PRETRAINED} on, or give a {FIELD_CHECKPOINT}, "
+    "for real embeddings.")
+#: seconds to wait for the Hub to answer before deciding it cannot be reached (THOR_HUB_PROBE_TIMEOUT)
+HUB_PROBE_TIMEOUT = 4.0
 
 LogFn = Optional[Callable[[str], None]]
 
@@ -34,7 +41,7 @@ def _log(log: LogFn, msg: str) -> None:
 
 def how_to_pass_checkpoint(variant: ModelVariant) -> str:
     return (f"To run without the Hub, download {variant.hub_file} from https://huggingface.co/{variant.hub_repo} "
-            f"(Files tab) and pass it as a local checkpoint: weights = checkpoint with the file's path, "
+            f"(Files tab) on a computer with internet access and choose it as the {FIELD_CHECKPOINT}, "
             f"or set the environment variable {ENV_CKPT}=/path/to/{variant.hub_file}.")
 
 
@@ -82,9 +89,8 @@ def hub_checkpoint_path(variant: ModelVariant, log: LogFn = None) -> str:
         from huggingface_hub import hf_hub_download  # lazy: only the hub path needs it
     except Exception as exc:
         raise ThorWeightsError(
-            f"weights = hub needs the Python package huggingface_hub, which could not be imported ({exc}). "
+            f"{FIELD_PRETRAINED} needs the Python package huggingface_hub, which could not be imported ({exc}). "
             + how_to_pass_checkpoint(variant)) from None
-    _log(log, f"THOR weights: {variant.hub_repo}/{variant.hub_file} (Hugging Face cache)")
     # A checkpoint already in the cache is used as it is: asking the Hub whether it changed would cost
     # about 20 s of retries on a machine without network, on every run.
     try:
@@ -92,11 +98,31 @@ def hub_checkpoint_path(variant: ModelVariant, log: LogFn = None) -> str:
 
         cached = try_to_load_from_cache(repo_id=variant.hub_repo, filename=variant.hub_file)
         if isinstance(cached, str) and os.path.isfile(cached):
+            _log(log, f"THOR weights: {variant.hub_repo}/{variant.hub_file}, from the Hugging Face cache")
             return cached
     except Exception:  # an unusual cache layout: fall through to the normal download path
         pass
+    _log(log, f"THOR weights {variant.hub_repo}/{variant.hub_file} are not cached yet: checking that the "
+              "Hugging Face hub can be reached …")
+    unreachable = hub_unreachable_reason()
+    if unreachable:
+        raise ThorWeightsError(
+            f"The official THOR weights {variant.hub_repo}/{variant.hub_file} are not in this computer's "
+            f"Hugging Face cache, and the Hugging Face hub cannot be reached ({unreachable}). "
+            + how_to_pass_checkpoint(variant)
+            + f" To try the tools without weights, turn {FIELD_PRETRAINED} off (random weights).")
+    _log(log, f"Downloading {variant.hub_file} from the Hugging Face hub ({variant.hub_repo}) into the cache; "
+              "this is done once.")
+    kwargs: Dict[str, Any] = {}
     try:
-        return hf_hub_download(repo_id=variant.hub_repo, filename=variant.hub_file)
+        import inspect
+
+        if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+            kwargs["tqdm_class"] = _download_reporter(variant.hub_file, log)
+    except (TypeError, ValueError, ImportError):
+        pass
+    try:
+        return hf_hub_download(repo_id=variant.hub_repo, filename=variant.hub_file, **kwargs)
     except Exception as exc:
         name = type(exc).__name__
         if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or "offline" in str(exc).lower():
@@ -110,6 +136,70 @@ def hub_checkpoint_path(variant: ModelVariant, log: LogFn = None) -> str:
         raise ThorWeightsError(
             f"THOR weights {variant.hub_repo}/{variant.hub_file} {why}. " + how_to_pass_checkpoint(variant)
         ) from None
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_unreachable_reason(timeout: Optional[float] = None) -> str:
+    """"" when the Hub answers an HTTP request within ``timeout`` seconds, else why not (in words).
+
+    One short probe instead of the Hub client's own retries, which spend 20 s or more before giving up on
+    a machine without network. A proxy from the environment is used as the client would use it. The
+    Hub's offline mode (HF_HUB_OFFLINE=1) counts as unreachable."""
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "the Hugging Face offline mode is on (HF_HUB_OFFLINE)"
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("THOR_HUB_PROBE_TIMEOUT", HUB_PROBE_TIMEOUT))
+        except ValueError:
+            timeout = HUB_PROBE_TIMEOUT
+    url = hub_endpoint() + "/api/models"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return ""
+    except urllib.error.HTTPError:
+        return ""  # it answered: reachable (the download reports its own errors)
+    except Exception as exc:  # URLError, timeout, connection refused, TLS failure, bad proxy ...
+        reason = getattr(exc, "reason", exc)
+        return f"no answer from {hub_endpoint()} within {timeout:g} s: {_short(reason, 160)}"
+
+
+def _download_reporter(filename: str, log: LogFn):
+    """A tqdm class for the Hub client that logs the download's progress in MB, at most every 5 %."""
+    from tqdm.auto import tqdm as _tqdm
+
+    class _Reporter(_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = False
+            kwargs["file"] = open(os.devnull, "w")  # no console output (stdout is qgis_process's channel)
+            self._devnull = kwargs["file"]
+            self._last = -1
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            out = super().update(n)
+            total = self.total or 0
+            if total > 1 << 20:
+                step = int(20 * self.n / total)
+                if step != self._last:
+                    self._last = step
+                    _log(log, f"Downloading {filename}: {self.n / 2**20:.0f} of {total / 2**20:.0f} MB "
+                              f"({100 * self.n / total:.0f} %)")
+            return out
+
+        def close(self):
+            super().close()
+            try:
+                self._devnull.close()
+            except Exception:
+                pass
+
+    return _Reporter
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -133,7 +223,7 @@ def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ThorWeightsError(
-            f"THOR checkpoint not found: {p}. Check the path given with weights = checkpoint "
+            f"THOR checkpoint not found: {p}. Check the path given as the {FIELD_CHECKPOINT} "
             f"(or in {ENV_CKPT}).")
     if os.path.isdir(p):
         raise ThorWeightsError(f"THOR checkpoint path is a folder, not a file: {p}")
@@ -265,7 +355,7 @@ def _local_checkpoint_path(model: ModelSpec) -> str:
     path = os.path.abspath(os.path.expanduser(str(model.checkpoint)))
     if not os.path.exists(path):
         raise ThorWeightsError(
-            f"THOR checkpoint not found: {path}. Check the path given with weights = checkpoint "
+            f"THOR checkpoint not found: {path}. Check the path given as the {FIELD_CHECKPOINT} "
             f"(or in {ENV_CKPT}).")
     if os.path.isdir(path):
         raise ThorWeightsError(f"THOR checkpoint path is a folder, not a file: {path}")

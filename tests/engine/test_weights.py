@@ -287,8 +287,8 @@ def test_hub_offline_not_cached_error(tmp_path):
     out = _run_hub(tmp_path, None, "unused", "unused")
     msg = out["error"]
     assert "FM4CS/THOR-1.0-tiny/thor_v1_vit_tiny.pt" in msg
-    assert "not in the local Hugging Face cache" in msg
-    assert "weights = checkpoint" in msg and "RS_EMBED_THOR_CKPT" in msg
+    assert "not in this computer's Hugging Face cache" in msg and "offline mode" in msg
+    assert "'Local checkpoint' (CHECKPOINT)" in msg and "RS_EMBED_THOR_CKPT" in msg
 
 
 # ---- model cache ----------------------------------------------------------------------------
