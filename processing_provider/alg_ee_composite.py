@@ -35,8 +35,8 @@ class EECompositeAlgorithm(ThorAlgorithm):
             "threshold, composite, project, endpoint; never credentials) is stored in the file's metadata "
             "(THOR_CONFIG).\n\n"
             "Earth Engine needs a Google Cloud project registered for it, and credentials: run `earthengine "
-            "authenticate` once, or give a service-account key. $THOR_EE_API_URL (or the setting "
-            "thor/ee_api_url) points the algorithm at another endpoint, such as a local emulator.")
+            "authenticate` once, or give a service-account key. $THOR_EE_API_URL (or the endpoint in "
+            "the provider's settings) points the algorithm at another endpoint, such as a local emulator.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterExtent(EXTENT, self.tr("Extent")))
@@ -89,7 +89,7 @@ class EECompositeAlgorithm(ThorAlgorithm):
                                  algorithm=f"thor:{self.NAME}", plugin_version=plugin_version(),
                                  qgis_version=Qgis.QGIS_VERSION)
         result = ee_fetch.write_composite_geotiff(bounds, sensor, temporal, dest, crs=crs, workers=workers,
-                                                  cache=cfg.use_cache, is_canceled=is_canceled,
+                                                  cache=cfg.cache, is_canceled=is_canceled,
                                                   log=feedback.pushInfo, metadata=record, stats=stats,
                                                   policy=cfg.policy())
         feedback.setProgress(100)

@@ -43,7 +43,7 @@ class EEGridAlgorithm(ThorAlgorithm):
             "fill value, project, endpoint; never credentials) are stored in the file's metadata (THOR_CONFIG). "
             "An empty collection (no scene matching the filters over a tile) stops the run with what to "
             "change. Earth Engine needs a Google Cloud project and credentials (`earthengine authenticate`, "
-            "or a service-account key); $THOR_EE_API_URL (or the setting thor/ee_api_url) points the "
+            "or a service-account key); $THOR_EE_API_URL (or the endpoint in the provider's settings) points the "
             "algorithm at another endpoint, such as a local emulator.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -132,7 +132,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         record = provenance(model, output, sensor, temporal,
                             source=E.source_record(sensor, temporal, session, cfg, workers, area=area_rec))
         stats = ee_fetch.FetchStats()
-        tiles = ee_fetch.fetch_tiles(layout, sensor, temporal, workers=workers, cache=cfg.use_cache,
+        tiles = ee_fetch.fetch_tiles(layout, sensor, temporal, workers=workers, cache=cfg.cache,
                                      is_canceled=is_canceled, log=log, on_empty="error", stats=stats,
                                      policy=cfg.policy())
         try:

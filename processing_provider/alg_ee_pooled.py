@@ -131,7 +131,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
             "with no data at all) gets a status saying there is no imagery, and empty embedding fields; the "
             "log names it.\n\n"
             "Earth Engine needs a Google Cloud project and credentials (`earthengine authenticate`, or a "
-            "service-account key); $THOR_EE_API_URL (or the setting thor/ee_api_url) points the algorithm "
+            "service-account key); $THOR_EE_API_URL (or the endpoint in the provider's settings) points the algorithm "
             "at another endpoint, such as a local emulator.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -188,7 +188,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
         feedback.pushInfo(f"{len(items)} feature square(s) to fetch in {crs} ({workers} parallel requests); "
                           f"session project {session.project}.")
         reader = PatchReader(items, crs, sensor, temporal, image_size=model.image_size, workers=workers,
-                             cache=cfg.use_cache, is_canceled=feedback.isCanceled, log=feedback.pushInfo,
+                             cache=cfg.cache, is_canceled=feedback.isCanceled, log=feedback.pushInfo,
                              policy=cfg.policy())
         try:
             dest, counts = write_pooled_features(self, parameters, context, feedback, source, crs_wkt, model,

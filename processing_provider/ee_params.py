@@ -2,13 +2,13 @@
 
 - ``PROJECT``: the Google Cloud project registered for Earth Engine. Its default is taken, when the
   algorithm is defined, from ``$EE_PROJECT``, ``$GOOGLE_CLOUD_PROJECT`` or the plugin setting
-  ``thor/ee_project`` (in that order); empty is allowed (the project stored with the credentials, a service
+  (Settings ▸ Options ▸ Processing ▸ Providers ▸ THOR embeddings) (in that order); empty is allowed (the project stored with the credentials, a service
   account's own project, or ``thor-local`` against a local emulator is used then).
 - ``SERVICE_ACCOUNT_KEY`` (advanced): a service-account JSON key file instead of the credentials that
   ``earthengine authenticate`` stores.
 - ``USE_CACHE`` (advanced): keep fetched imagery on disk (``$THOR_CACHE_DIR``, else ~/.cache/thor_qgis/ee).
 
-The API URL is not a parameter: ``$THOR_EE_API_URL``, else the setting ``thor/ee_api_url``, else Google's
+The API URL is not a parameter: ``$THOR_EE_API_URL``, else the provider setting, else Google's
 endpoint. Settings are read in ``prepareAlgorithm`` (main thread); the session is opened in the worker.
 Nothing here imports the Earth Engine client or touches the network when an algorithm is defined.
 """
@@ -20,11 +20,11 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
     QgsProcessingParameterString,
-    QgsSettings,
 )
 
 from . import params as P
 from .compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, WKT_PREFERRED_GDAL
+from . import settings
 from ..thor_qgis.errors import ThorConfigError
 
 PROJECT = "PROJECT"
@@ -32,18 +32,8 @@ SERVICE_ACCOUNT_KEY = "SERVICE_ACCOUNT_KEY"
 USE_CACHE = "USE_CACHE"
 REQUEST_DEADLINE = "REQUEST_DEADLINE"
 
-SETTING_PROJECT = "thor/ee_project"
-SETTING_API_URL = "thor/ee_api_url"
 PROJECT_ENV_VARS = ("EE_PROJECT", "GOOGLE_CLOUD_PROJECT")
 ENV_API_URL = "THOR_EE_API_URL"  # the engine reads the same variable (thor_qgis.ee_session.ENV_API_URL)
-
-
-def _setting(key: str) -> str:
-    try:
-        value = QgsSettings().value(key, "")
-    except Exception:  # a broken profile must not break loading the provider
-        return ""
-    return str(value or "").strip()
 
 
 def default_project() -> str:
@@ -52,14 +42,13 @@ def default_project() -> str:
         value = os.environ.get(var, "").strip()
         if value:
             return value
-    return _setting(SETTING_PROJECT)
+    return settings.text(settings.EE_PROJECT)
 
 
 def configured_api_url() -> Optional[str]:
-    """``$THOR_EE_API_URL``, else the plugin setting ``thor/ee_api_url``, else None (Google's endpoint).
+    """``$THOR_EE_API_URL``, else the provider setting, else None (Google's endpoint).
     Not validated here: the session does that, with a what-to-do message."""
-    value = os.environ.get(ENV_API_URL, "").strip() or _setting(SETTING_API_URL)
-    return value or None
+    return settings.text(settings.EE_API_URL, ENV_API_URL) or None
 
 
 def add_ee_params(alg, tr) -> None:
@@ -68,7 +57,7 @@ def add_ee_params(alg, tr) -> None:
     P._help(p, tr("The Cloud project registered for Earth Engine (requests are billed to and counted against "
                   "it). Empty: the project stored by `earthengine set_project`, the service account's own "
                   "project, or none against a local emulator. Default from $EE_PROJECT, "
-                  "$GOOGLE_CLOUD_PROJECT or the plugin setting thor/ee_project."))
+                  "$GOOGLE_CLOUD_PROJECT or the provider's settings (Settings ▸ Options ▸ Processing ▸ Providers ▸ THOR embeddings)."))
     alg.addParameter(p)
     alg.addParameter(P._advanced(QgsProcessingParameterFile(
         SERVICE_ACCOUNT_KEY, tr("Service-account JSON key (empty: the credentials of `earthengine authenticate`)"),
@@ -107,6 +96,7 @@ class EEConfig:
     service_account_key: Optional[str]
     use_cache: bool
     deadline_s: Optional[float] = None
+    cache_dir: Optional[str] = None
 
     def policy(self):
         """The retry policy of the run's requests (its per-request deadline)."""
@@ -114,6 +104,11 @@ class EEConfig:
         from ..thor_qgis.ee_session import default_deadline_s
 
         return RetryPolicy(deadline_s=self.deadline_s if self.deadline_s else default_deadline_s())
+
+    @property
+    def cache(self):
+        """What the fetchers take: False (no cache), a folder (the setting), or True (the default folder)."""
+        return (self.cache_dir or True) if self.use_cache else False
 
 
 def ee_config(alg, parameters, context, api_url: Optional[str]) -> EEConfig:
@@ -127,7 +122,15 @@ def ee_config(alg, parameters, context, api_url: Optional[str]) -> EEConfig:
 
         deadline = default_deadline_s()  # a bad $THOR_EE_DEADLINE_S is an error naming it
     return EEConfig(project=project, api_url=api_url, service_account_key=key,
-                    use_cache=alg.parameterAsBool(parameters, USE_CACHE, context), deadline_s=deadline)
+                    use_cache=alg.parameterAsBool(parameters, USE_CACHE, context), deadline_s=deadline,
+                    cache_dir=cache_dir())
+
+
+def cache_dir() -> Optional[str]:
+    """The imagery cache folder: $THOR_CACHE_DIR, else the provider setting, else None (the default)."""
+    from ..thor_qgis.ee_fetch import ENV_CACHE_DIR
+
+    return settings.text(settings.CACHE_DIR, ENV_CACHE_DIR) or None
 
 
 def api_kind(url: Optional[str]) -> str:

@@ -15,18 +15,50 @@ def resolve_common(alg, parameters, context, grid: bool = True, earth_engine: bo
 
 
 def open_embedder(model: specs.ModelSpec, scale_m: float, feedback):
-    """Load (or reuse) the model, reporting the resolved configuration."""
+    """Load (or reuse) the model, reporting the resolved configuration. Each warning (random weights,
+    unused checkpoint keys) is shown once, as a warning."""
     from ..thor_qgis.embedder import Embedder
 
-    feedback.pushInfo(f"Loading {model.model_key} ({model.weights} weights, backend {model.backend}, "
+    feedback.pushInfo(f"Loading {model.model_key} ({_weights_words(model)}, backend {model.backend}, "
                       f"device {model.device}) …")
-    embedder = Embedder(model, scale_m=scale_m, log=feedback.pushInfo)
+    shown = set()
+
+    def log(line: str) -> None:
+        if line.startswith("WARNING: "):
+            text = line[len("WARNING: "):]
+            if text not in shown:
+                shown.add(text)
+                feedback.reportError(text, fatalError=False)
+        else:
+            feedback.pushInfo(line)
+
+    embedder = Embedder(model, scale_m=scale_m, log=log)
     md = embedder.metadata
     feedback.pushInfo(f"Model ready: {md.get('model_key')} on {md.get('device')} with the {md.get('backend')} "
-                      f"backend; weights {md.get('weights')}.")
+                      f"backend; weights: {_weights_summary(md.get('weights') or {})}.")
     for warning in md.get("warnings", []):
-        feedback.reportError(warning, fatalError=False)
+        if warning not in shown:
+            shown.add(warning)
+            feedback.reportError(warning, fatalError=False)
     return embedder
+
+
+def _weights_words(model: specs.ModelSpec) -> str:
+    return {"hub": "official pretrained weights", "checkpoint": "weights from a local checkpoint",
+            "random": "RANDOM weights"}.get(model.weights, f"{model.weights} weights")
+
+
+def _weights_summary(weights: dict) -> str:
+    """The weights record in words, without the warning it may carry (that is shown on its own)."""
+    source = weights.get("source")
+    if source == "hub":
+        rev = weights.get("revision")
+        return f"{weights.get('repo')}/{weights.get('file')}" + (f" (revision {rev[:8]})" if rev else "")
+    if source == "checkpoint":
+        return f"checkpoint {weights.get('path') or weights.get('file') or ''}".strip()
+    if source == "random":
+        return "random (testing only)"
+    return ", ".join(f"{k}={v}" for k, v in weights.items() if k != "warning") or "unknown"
 
 
 def provenance(model, output, sensor=None, temporal=None, **extra):

@@ -74,6 +74,13 @@ def _env_model_defaults() -> specs.ModelSpec:
         return specs.ModelSpec()
 
 
+def _default_device(engine_default: str) -> str:
+    from .settings import default_device
+
+    d = default_device()
+    return d if d in specs.DEVICES else engine_default
+
+
 def add_model_params(alg, tr) -> None:
     d = _env_model_defaults()
     alg.addParameter(_help(_enum(MODEL_KEY, tr("THOR model"), MODEL_KEYS, d.model_key),
@@ -97,7 +104,9 @@ def add_model_params(alg, tr) -> None:
                                      "kernels (FlexiViT). The token grid has image size / patch size cells.")))
     alg.addParameter(_advanced(_enum(NORMALIZATION, tr("Normalization"), specs.NORMALIZATIONS,
                                      d.normalization)))
-    alg.addParameter(_advanced(_enum(DEVICE, tr("Device"), specs.DEVICES, d.device)))
+    alg.addParameter(_advanced(_enum(DEVICE, tr("Device"), specs.DEVICES, _default_device(d.device)),
+                               tr("auto: a CUDA GPU when PyTorch sees one, else the CPU. The default comes "
+                                  "from the provider's settings.")))
     alg.addParameter(_advanced(_enum(BACKEND, tr("Backend"), specs.BACKENDS, d.backend),
                                tr("builtin: the plugin's own encoder (needs only torch). terratorch: the "
                                   "official TerraTorch THOR backbone, when installed. auto: terratorch "

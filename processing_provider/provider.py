@@ -45,6 +45,36 @@ class ThorProvider(QgsProcessingProvider):
     def defaultRasterFileExtension(self):  # noqa: N802
         return "tif"
 
+    def load(self):
+        """Also show the provider's settings page, and keep the imagery cache within its size."""
+        from .settings import SettingsPage
+
+        self._settings_page = SettingsPage()
+        self._settings_page.register()
+        trim_imagery_cache()
+        self.refreshAlgorithms()
+        return True
+
+    def unload(self):
+        page = getattr(self, "_settings_page", None)
+        if page is not None:
+            page.unregister()
+            self._settings_page = None
+
     def loadAlgorithms(self):  # noqa: N802
         for cls in algorithm_classes():
             self.addAlgorithm(cls())
+
+
+def trim_imagery_cache() -> None:
+    """Remove the oldest Earth Engine tiles past the cache size setting (never fails loading)."""
+    try:
+        from . import settings
+        from .ee_params import cache_dir
+        from ..thor_qgis.disk_cache import trim
+        from ..thor_qgis.ee_fetch import default_cache_dir
+
+        max_mb = settings.number(settings.CACHE_MAX_MB, 2048)
+        trim(cache_dir() or default_cache_dir(), int(max_mb * 2**20))
+    except Exception:  # a cache that cannot be trimmed must not keep the algorithms away
+        pass

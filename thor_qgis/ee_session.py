@@ -65,8 +65,8 @@ AUTH_HELP = (
     "run `earthengine authenticate` once in a terminal (or `ee.Authenticate()` in the QGIS Python console), "
     "or give the path of a service-account JSON key file")
 PROJECT_HELP = (
-    "set the Google Cloud project registered for Earth Engine (the 'Cloud project' parameter, or the "
-    "plugin's Earth Engine project setting)")
+    "set the Google Cloud project registered for Earth Engine (the 'Google Cloud project for Earth Engine' "
+    "field, or its default in Settings > Options > Processing > Providers > THOR embeddings)")
 
 
 def import_ee():

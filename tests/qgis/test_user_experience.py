@@ -164,3 +164,87 @@ def test_raster_output_gets_sidecar_record_and_one_line_summary(plugin, sample_r
     assert record["model"]["model_key"] == "thor_v1_tiny"
     summary = [line for line in logged if line.startswith("THOR ") and line.endswith(out)]
     assert len(summary) == 1 and "RANDOM weights" in summary[0] and "thor_v1_tiny" in summary[0], logged[-5:]
+
+
+class _Recorder(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.infos, self.errors = [], []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+        super().pushInfo(info)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802
+        self.errors.append(error)
+        super().reportError(error, fatalError)
+
+
+def test_random_weights_warning_is_said_once(plugin, sample_raster, tmp_path):
+    import processing
+
+    feedback = _Recorder()
+    processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY,
+                                             "OUTPUT": str(tmp_path / "g.tif")},
+                   context=QgsProcessingContext(), feedback=feedback)
+    said = [m for m in feedback.infos + feedback.errors if "RANDOM weights (" in m]
+    assert len(said) == 1 and said[0] in feedback.errors, said
+    assert any(m.endswith("weights: random (testing only).") for m in feedback.infos)
+
+
+def test_settings_page_round_trip(plugin, tmp_path):
+    """The provider's settings are on Processing's options page, and what is set there is what the
+    algorithms use: project and device defaults, the imagery cache folder."""
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    from thor_embeddings.processing_provider import ee_params, settings
+
+    names = [settings.EE_PROJECT, settings.EE_API_URL, settings.CACHE_DIR, settings.CACHE_MAX_MB, settings.DEVICE,
+             settings.DEPS_DIR]
+    for name in names:
+        assert name in ProcessingConfig.settings, name
+        assert ProcessingConfig.settings[name].group == "THOR embeddings"
+    saved = {n: ProcessingConfig.getSetting(n) for n in names}
+    env_saved = {k: os.environ.pop(k, None) for k in ("EE_PROJECT", "GOOGLE_CLOUD_PROJECT", "THOR_CACHE_DIR")}
+    try:
+        ProcessingConfig.setSettingValue(settings.EE_PROJECT, "my-ee-project")
+        (tmp_path / "cache").mkdir()
+        ProcessingConfig.setSettingValue(settings.CACHE_DIR, str(tmp_path / "cache"))
+        ProcessingConfig.setSettingValue(settings.DEVICE, settings.DEVICE_CHOICES.index("cpu"))
+        alg = QgsApplication.processingRegistry().createAlgorithmById("thor:ee_grid")
+        assert alg.parameterDefinition("PROJECT").defaultValue() == "my-ee-project"
+        assert alg.parameterDefinition("DEVICE").defaultValue() == "cpu"
+        assert ee_params.cache_dir() == str(tmp_path / "cache")
+        cfg = ee_params.EEConfig(project=None, api_url=None, service_account_key=None, use_cache=True,
+                                 cache_dir=ee_params.cache_dir())
+        assert cfg.cache == str(tmp_path / "cache")
+        assert ee_params.EEConfig(None, None, None, use_cache=False, cache_dir="x").cache is False
+        os.environ["THOR_CACHE_DIR"] = str(tmp_path / "from_env")
+        assert ee_params.cache_dir() == str(tmp_path / "from_env")  # the environment wins
+    finally:
+        for n, v in saved.items():
+            if n == settings.DEVICE:
+                v = settings.DEVICE_CHOICES.index(v) if v in settings.DEVICE_CHOICES else 0
+            ProcessingConfig.setSettingValue(n, v)
+        for k, v in env_saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_cache_trim_removes_least_recently_used_files_first(tmp_path):
+    from thor_embeddings.thor_qgis.disk_cache import folder_size, trim
+
+    for i in range(5):
+        p = tmp_path / f"{i:02d}" / f"k{i}.npy"
+        p.parent.mkdir()
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "keep.txt").write_bytes(b"y" * 5000)  # not a cache entry: never touched
+    removed, freed = trim(str(tmp_path), 2500)
+    assert (removed, freed) == (3, 3000)
+    assert sorted(p.name for p in tmp_path.rglob("*.npy")) == ["k3.npy", "k4.npy"]
+    assert (tmp_path / "keep.txt").exists()
+    assert folder_size(str(tmp_path)) == (7000, 3)
+    assert trim(str(tmp_path), 0) == (0, 0)
