@@ -105,7 +105,7 @@ def _pseudocolor(layer, lo: float, hi: float, ramp_name: str, invert: bool = Fal
 def data_stretch(layer, band: int = 1, lower: float = 0.02, upper: float = 0.98):
     """(lo, hi, minimum, maximum): the band's ``lower``..``upper`` percentiles, and its true range."""
     provider = layer.dataProvider()
-    stats = provider.bandStatistics(band, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+    stats = provider.bandStatistics(band, STAT_MIN | STAT_MAX)
     mn, mx = float(stats.minimumValue), float(stats.maximumValue)
     lo, hi = provider.cumulativeCut(band, lower, upper, layer.extent(), 250000)
     lo, hi = float(lo), float(hi)
