@@ -45,11 +45,25 @@ def raster_source_for(alg, parameters, context, log, scale_m: float, fill_value:
         raise QgsProcessingException(
             f"The raster layer '{layer.name()}' is not a file GDAL can read (provider {layer.providerType()}); "
             "save it as a GeoTIFF first.")
+    refuse_non_imagery(layer)
     band_map = parse_band_map(alg.parameterAsString(parameters, BAND_MAP, context))
     source = RasterSource(layer.source(), band_map=band_map,
                           dn_offset=alg.parameterAsDouble(parameters, DN_OFFSET, context),
                           scale_m=scale_m, fill_value=fill_value, log=log)
     return layer, source
+
+
+def refuse_non_imagery(layer) -> None:
+    """A plugin output picked where Sentinel-2 imagery belongs (raster boxes preselect the top layer, which
+    after one run is the grid) is refused with a sentence saying what it is."""
+    from ..thor_qgis.raster_kind import not_imagery_reason
+
+    try:
+        reason = not_imagery_reason(layer.source())
+    except RuntimeError:  # unreadable: the imagery reader says what is wrong with the file
+        return
+    if reason:
+        raise QgsProcessingException(f"The raster layer '{layer.name()}' cannot be used: {reason}")
 
 
 def extent_of(alg, parameters, context, layer):

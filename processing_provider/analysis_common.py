@@ -8,12 +8,24 @@ OUTPUT = "OUTPUT"
 
 
 def embedding_path(alg, parameters, context, name: str = INPUT) -> str:
+    """The file behind an embedding-raster parameter; a layer that looks like something else (imagery, a
+    picture made from an embedding) gets a warning in the run's log."""
     layer = alg.parameterAsRasterLayer(parameters, name, context)
     if layer is None:
         raise QgsProcessingException(f"The embedding raster ({name}) could not be loaded.")
     if layer.providerType() != "gdal":
         raise QgsProcessingException(
             f"The layer '{layer.name()}' is not a file GDAL can read (provider {layer.providerType()}).")
+    feedback = getattr(alg, "_run_feedback", None)
+    if feedback is not None:
+        from ..thor_qgis.raster_kind import not_embedding_warning
+
+        try:
+            warning = not_embedding_warning(layer.source())
+        except RuntimeError:  # unreadable: the analysis reader says what is wrong with the file
+            warning = None
+        if warning:
+            feedback.reportError(f"'{layer.name()}': {warning}", fatalError=False)
     return layer.source()
 
 

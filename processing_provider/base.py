@@ -118,6 +118,7 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
     # --- running -------------------------------------------------------------------------
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         feedback = feedback or QgsProcessingFeedback()
+        self._run_feedback = feedback  # for shared helpers that warn (this instance serves one run)
         # checked here rather than in prepareAlgorithm: Processing only logs an exception raised there,
         # while one raised here reaches the user (dialog log, processing.run, qgis_process)
         ok, message = self.canExecute()
@@ -217,11 +218,21 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"Run configuration: {sidecar}")
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (main thread)
-        """Style the output layer, if Processing loads it (``execute`` stored its path in ``_dest``)."""
-        if getattr(self, "_dest", None) and self.STYLE is not None:
+        """Style and name the output layer, if Processing loads it (``execute`` stored its path in ``_dest``):
+        named from its run record, so that two grids of different models or dates are told apart."""
+        dest = getattr(self, "_dest", None)
+        if dest and self.STYLE is not None:
+            from ..thor_qgis import run_record
             from .styling import attach
 
-            attach(self, context, self._dest, type(self).STYLE)
+            name = ""
+            if context.willLoadLayerOnCompletion(dest):
+                fallback = context.layerToLoadOnCompletionDetails(dest).name
+                try:
+                    name = run_record.layer_name(run_record.read_record(dest), fallback)
+                except Exception:  # naming is a nicety: never fail a finished run over it
+                    name = ""
+            attach(self, context, dest, type(self).STYLE, name=name)
         return {}
 
     def hold(self, context_manager):

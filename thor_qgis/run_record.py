@@ -80,3 +80,36 @@ def write_sidecar(output: str) -> Tuple[Optional[str], str]:
         f.write("\n")
     os.replace(tmp, path)
     return path, summary(record, output)
+
+
+_OPERATION_WORDS = {"embedding_to_rgb": "RGB", "similarity_map": "Similarity", "kmeans_classes": "Clusters",
+                    "change_map": "Change"}
+
+
+def layer_name(record: Optional[Dict[str, Any]], fallback: str) -> str:
+    """A name that tells two outputs apart in the Layers panel: model, merge and dates for a grid, what an
+    analysis was made from for the analysis outputs; ``fallback`` when the record says too little."""
+    if not record:
+        return fallback
+    op = record.get("operation")
+    if op:
+        words = _OPERATION_WORDS.get(op, op.replace("_", " ").capitalize())
+        source = record.get("source") or record.get("sources")
+        if isinstance(source, (list, tuple)):
+            source = " vs ".join(os.path.splitext(os.path.basename(str(p)))[0] for p in source)
+        elif source:
+            source = os.path.splitext(os.path.basename(str(source)))[0]
+        return f"{words} of {source}" if source else words
+    model = record.get("model") or {}
+    if not model:
+        return fallback
+    parts = [fallback, model.get("model_key", "")]
+    merge = (record.get("output") or {}).get("group_merge")
+    if merge:
+        parts.append(merge)
+    temporal = record.get("temporal")
+    if temporal:
+        parts.append(f"{temporal.get('start')}…{temporal.get('end')}")
+    if model.get("weights") == "random":
+        parts.append("random weights")
+    return " · ".join(p for p in parts if p)

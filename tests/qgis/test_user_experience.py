@@ -248,3 +248,61 @@ def test_cache_trim_removes_least_recently_used_files_first(tmp_path):
     assert (tmp_path / "keep.txt").exists()
     assert folder_size(str(tmp_path)) == (7000, 3)
     assert trim(str(tmp_path), 0) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(plugin, sample_raster, tmp_path_factory):
+    import processing
+
+    out = str(tmp_path_factory.mktemp("grid") / "grid.tif")
+    processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": out})
+    return out
+
+
+def test_a_thor_grid_picked_as_imagery_is_named_for_what_it_is(tiny_grid, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("thor:grid_from_raster", {"INPUT": tiny_grid, **RANDOM_TINY,
+                                                 "OUTPUT": str(tmp_path / "g2.tif")})
+    assert "looks like a THOR embedding grid" in str(err.value) and "not Sentinel-2" in str(err.value)
+    rgb = str(tmp_path / "rgb.tif")
+    processing.run("thor:embedding_to_rgb", {"INPUT": tiny_grid, "OUTPUT": rgb})
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("thor:grid_from_raster", {"INPUT": rgb, **RANDOM_TINY, "OUTPUT": str(tmp_path / "g3.tif")})
+    assert "the RGB picture of an embedding" in str(err.value)
+    assert not (tmp_path / "g2.tif").exists() and not (tmp_path / "g3.tif").exists()
+
+
+def test_analysis_of_a_picture_or_of_imagery_warns(tiny_grid, sample_raster, tmp_path):
+    import processing
+
+    rgb = str(tmp_path / "rgb.tif")
+    processing.run("thor:embedding_to_rgb", {"INPUT": tiny_grid, "OUTPUT": rgb})
+    for source, expected in ((rgb, "the RGB picture of an embedding"), (str(sample_raster), "Sentinel-2 imagery"),
+                             (tiny_grid, None)):
+        feedback = _Recorder()
+        processing.run("thor:kmeans_clusters", {"INPUT": source, "K": 2, "OUTPUT": str(tmp_path / "k.tif")},
+                       context=QgsProcessingContext(), feedback=feedback)
+        warnings = [e for e in feedback.errors if "not an embedding raster" in e]
+        if expected is None:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and expected in warnings[0], feedback.errors
+
+
+def test_loaded_outputs_get_names_that_tell_them_apart(plugin, sample_raster, tmp_path):
+    names = {}
+    for merge in ("mean", "concat"):
+        out = str(tmp_path / f"grid_{merge}.tif")
+        ok, _, context = _run_task("thor:grid_from_raster", {
+            "INPUT": str(sample_raster), **RANDOM_TINY, "GROUP_MERGE": merge, "OUTPUT": out})
+        assert ok
+        names[merge] = context.layerToLoadOnCompletionDetails(out).name
+    assert names["mean"] != names["concat"]
+    assert all("thor_v1_tiny" in n and "random weights" in n for n in names.values()), names
+    assert "concat" in names["concat"]
+    rgb = str(tmp_path / "rgb.tif")
+    ok, _, context = _run_task("thor:embedding_to_rgb", {"INPUT": str(tmp_path / "grid_mean.tif"), "OUTPUT": rgb})
+    assert ok and context.layerToLoadOnCompletionDetails(rgb).name == "RGB of grid_mean"
