@@ -55,12 +55,15 @@ def _run_task(alg_id, params):
     return done.get("ok"), done.get("results"), context
 
 
-def test_pooled_to_temporary_output_registers_only_the_real_layer(plugin, sample_raster):
+@pytest.mark.parametrize("output", ["TEMPORARY_OUTPUT", "pooled.gpkg"])
+def test_pooled_output_registers_only_the_real_layer(plugin, sample_raster, tmp_path, output):
     """A temporary pooled output used to register a second, phantom "memory:" layer that Processing then
     reported as "not correctly generated" (every toolbox run ended in red)."""
     pts = _points_layer([(500000 + 1440, 5000000 - 1440), (500000 + 4000, 5000000 - 4000)])
+    if output != "TEMPORARY_OUTPUT":
+        output = str(tmp_path / output)
     ok, results, context = _run_task("thor:pooled_from_raster", {
-        "FEATURES": pts, "INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": "TEMPORARY_OUTPUT"})
+        "FEATURES": pts, "INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": output})
     assert ok, "run failed"
     to_load = context.layersToLoadOnCompletion()
     assert len(to_load) == 1, f"layers to load: {list(to_load)}"
