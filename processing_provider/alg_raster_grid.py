@@ -23,11 +23,10 @@ OUTPUT = "OUTPUT"
 
 def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sentinel-2 raster") -> None:
     alg.addParameter(QgsProcessingParameterRasterLayer(layer_param, tr(label)))
-    p = QgsProcessingParameterString(BAND_MAP, tr("Band mapping (10 band numbers for B2 B3 B4 B5 B6 B7 B8 B8A "
-                                                  "B11 B12; empty: the raster's own order)"),
-                                     defaultValue="", optional=True)
-    P._help(p, tr("For a 12-band L2A stack (B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B11 B12) use 2,3,4,5,6,7,8,9,11,12; "
-                  "for a 13-band L1C stack 2,3,4,5,6,7,8,9,12,13."))
+    p = QgsProcessingParameterString(BAND_MAP, tr("Band mapping"), defaultValue="", optional=True)
+    P._help(p, tr("The raster's band numbers for B2 B3 B4 B5 B6 B7 B8 B8A B11 B12, comma-separated; empty: the "
+                  "raster's own order (a 10-band stack). For a 12-band L2A stack (B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 "
+                  "B11 B12) use 2,3,4,5,6,7,8,9,11,12; for a 13-band L1C stack 2,3,4,5,6,7,8,9,12,13."))
     alg.addParameter(p)
     alg.addParameter(P._help(QgsProcessingParameterNumber(
         DN_OFFSET, tr("Offset added to the pixel values"), NUMBER_DOUBLE, defaultValue=0.0),

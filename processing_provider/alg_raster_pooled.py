@@ -29,10 +29,11 @@ OUTPUT = "OUTPUT"
 
 def add_buffer_param(alg, tr) -> None:
     alg.addParameter(P._help(QgsProcessingParameterNumber(
-        BUFFER, tr("Half side of the square around points (m; empty: half a tile, 1440 m by default)"),
+        BUFFER, tr("Square around points: half side (m)"),
         NUMBER_DOUBLE, defaultValue=None, optional=True, minValue=1.0),
         tr("Points take a square of side 2 × this around them; polygons and lines their bounding square. "
-           "Half a tile (image size × pixel size / 2) reads the imagery with no resampling.")))
+           "Empty: half a tile (image size × pixel size / 2; 1440 m by default), which reads the imagery with no "
+           "resampling.")))
 
 
 def buffer_m(alg, parameters, context, model, sensor) -> float:

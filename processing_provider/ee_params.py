@@ -60,9 +60,10 @@ def add_ee_params(alg, tr) -> None:
                   "$GOOGLE_CLOUD_PROJECT or the provider's settings (Settings ▸ Options ▸ Processing ▸ Providers ▸ THOR embeddings)."))
     alg.addParameter(p)
     alg.addParameter(P._advanced(QgsProcessingParameterFile(
-        SERVICE_ACCOUNT_KEY, tr("Service-account JSON key (empty: the credentials of `earthengine authenticate`)"),
+        SERVICE_ACCOUNT_KEY, tr("Service-account JSON key"),
         behavior=FILE_BEHAVIOR_FILE, extension="json", optional=True),
-        tr("A JSON key of a service account registered for Earth Engine (Cloud console > IAM > Service "
+        tr("Empty: the credentials that `earthengine authenticate` stored. Else a JSON key of a service "
+           "account registered for Earth Engine (Cloud console > IAM > Service "
            "accounts > Keys). Only its path is recorded, never its content.")))
     from qgis.core import QgsProcessingParameterNumber
 

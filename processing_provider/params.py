@@ -89,11 +89,13 @@ def add_model_params(alg, tr) -> None:
                                                          defaultValue=d.weights != "random"),
                            tr("Off: random weights (for testing only; recorded in the output's metadata).")))
     alg.addParameter(_help(QgsProcessingParameterFile(
-        CHECKPOINT, tr("Local checkpoint (.pt) instead of downloading the official weights"),
+        CHECKPOINT, tr("Local checkpoint (.pt)"),
         behavior=FILE_BEHAVIOR_FILE, fileFilter="PyTorch checkpoints (*.pt *.pth *.ckpt *.bin);;All files (*)",
         defaultValue=d.checkpoint, optional=True),
-        tr("A THOR checkpoint in the hub's format (encoder.* keys, optionally under state_dict) or bare "
-           "encoder keys. Use it when this machine cannot reach the Hugging Face hub.")))
+        tr("Instead of downloading the official weights: a THOR checkpoint file in the hub's format (encoder.* "
+           "keys, optionally under state_dict) or bare encoder keys, e.g. thor_v1_vit_base.pt downloaded from "
+           "huggingface.co/FM4CS on another computer. Use it when this computer cannot reach the Hugging Face "
+           "hub.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
         IMAGE_SIZE, tr("Image size (pixels per tile side)"), NUMBER_INTEGER,
         defaultValue=d.image_size, minValue=16, maxValue=4096),
@@ -103,7 +105,11 @@ def add_model_params(alg, tr) -> None:
         minValue=1, maxValue=64), tr("16 is THOR's native patch size; other sizes resize the patch "
                                      "kernels (FlexiViT). The token grid has image size / patch size cells.")))
     alg.addParameter(_advanced(_enum(NORMALIZATION, tr("Normalization"), specs.NORMALIZATIONS,
-                                     d.normalization)))
+                                     d.normalization),
+                               tr("thor_stats (THOR's pretraining): reflectance (value / 10000) standardised per "
+                                  "band with the pretraining mean and standard deviation. unit_scale: value / "
+                                  "10000, clipped to 0 … 1. none: values passed unchanged (for inputs already "
+                                  "normalised).")))
     alg.addParameter(_advanced(_enum(DEVICE, tr("Device"), specs.DEVICES, _default_device(d.device)),
                                tr("auto: a CUDA GPU when PyTorch sees one, else the CPU. The default comes "
                                   "from the provider's settings.")))
@@ -113,7 +119,9 @@ def add_model_params(alg, tr) -> None:
                                   "when importable, else builtin.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
         BATCH_SIZE, tr("Tiles per batch"), NUMBER_INTEGER, defaultValue=d.batch_size,
-        minValue=1, maxValue=256)))
+        minValue=1, maxValue=256),
+        tr("Tiles embedded together in one forward pass. More is faster on a GPU and needs more memory (a "
+           "base-model tile at 288 px needs about 0.2 GB); the result does not depend on it.")))
 
 
 def add_grid_output_params(alg, tr) -> None:
@@ -168,7 +176,9 @@ def add_grid_destination(alg, tr, name: str = "OUTPUT") -> None:
 
 
 def add_pooling_param(alg, tr) -> None:
-    alg.addParameter(_enum(POOLING, tr("Pooling"), specs.POOLINGS, "mean"))
+    alg.addParameter(_help(_enum(POOLING, tr("Pooling"), specs.POOLINGS, "mean"),
+                           tr("How the tokens of a feature's square become one vector: mean (the usual "
+                              "choice, robust) or max (per channel, keeps the strongest response).")))
 
 
 def add_scale_fill_params(alg, tr) -> None:

@@ -309,3 +309,13 @@ def test_loaded_outputs_get_names_that_tell_them_apart(plugin, sample_raster, tm
     rgb = str(tmp_path / "rgb.tif")
     ok, _, context = _run_task("thor:embedding_to_rgb", {"INPUT": str(tmp_path / "grid_mean.tif"), "OUTPUT": rgb})
     assert ok and context.layerToLoadOnCompletionDetails(rgb).name == "RGB of grid_mean"
+
+
+def test_dialog_labels_are_short_and_the_terse_ones_have_help(plugin):
+    """Long labels forced a horizontal scrollbar at the dialog's default size; the detail is in the help."""
+    for alg in _thor_algorithms():
+        for d in alg.parameterDefinitions():
+            assert len(d.description()) <= 60, f"{alg.id()} {d.name()}: '{d.description()}'"
+            if d.name() in ("NORMALIZATION", "DEVICE", "BATCH_SIZE", "POOLING", "BAND_MAP", "CHECKPOINT",
+                            "BUFFER", "SERVICE_ACCOUNT_KEY"):
+                assert len(d.help()) > 40, f"{alg.id()} {d.name()} has no help"
