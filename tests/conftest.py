@@ -1,8 +1,14 @@
-"""Shared test set-up: the plugin loaded the way QGIS loads it, and the shared reference fixtures.
+"""Shared test set-up: the plugin loaded the way QGIS loads it, and the tests' own model and reference.
 
 Engine tests import ``thor_qgis`` from the repository root (a bare Python would do the same). Plugin
 tests import the plugin as the package QGIS sees, ``thor_embeddings``, through a plugin folder under
 .build/ that links to this checkout.
+
+Nothing is read from outside the repository. The model is thor_v1_tiny with seeded weights
+(:mod:`tests.seeded`): the first test that needs it writes it, once per session, to a temporary folder
+as a hub-format checkpoint (``FIXTURE_CKPT``), a ``state_dict``-wrapped one and a bare-key one; the input
+of the reference (``FIXTURE_INPUT``) is written beside them. ``FIXTURE_OUTPUTS`` is the official stack's
+output for that model and input, committed in ``tests/data/``.
 """
 import os
 import subprocess
@@ -11,14 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from tests import seeded
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_NAME = "thor_embeddings"
 PLUGIN_DIR = ROOT / ".build" / "plugins"
-SHARED = Path(os.environ.get("THOR_SHARED_DIR", ROOT.parent / "shared"))
-FIXTURES = SHARED / "thor" / "fixtures"
-FIXTURE_CKPT = FIXTURES / "thor_v1_tiny_fixture_hubformat.pt"
-FIXTURE_INPUT = FIXTURES / "s2_raw_2x10x288x288.npy"
-FIXTURE_OUTPUTS = FIXTURES / "thor_v1_tiny_fixture_outputs_p16.npz"
+TEST_DATA = ROOT / "tests" / "data"
+_SEEDED_DIR = seeded.session_folder()
+FIXTURE_CKPT = _SEEDED_DIR / "thor_v1_tiny_seed0_hubformat.pt"
+FIXTURE_CKPT_WRAPPED = _SEEDED_DIR / "thor_v1_tiny_seed0_state_dict.pt"
+FIXTURE_CKPT_BARE = _SEEDED_DIR / "thor_v1_tiny_seed0_bare.pt"
+FIXTURE_INPUT = _SEEDED_DIR / "s2_raw_seed0_2x10x288x288.npy"
+FIXTURE_OUTPUTS = TEST_DATA / "thor_v1_tiny_seed0_p16_outputs.npz"
 QGIS_PROCESS = ROOT / "scripts" / "qgis_process"
 
 
@@ -40,17 +50,42 @@ _link_plugin()
 
 
 def need_fixtures():
-    if not FIXTURE_CKPT.exists():
-        msg = f"reference fixtures not found in {FIXTURES} (set THOR_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)  # in CI the fixtures are there: their absence is a failure, not a skip
-        pytest.skip(msg)
+    """Write the seeded checkpoints and the reference input (once per session; checked by sha256)."""
+    with seeded.WRITE_LOCK:
+        if FIXTURE_INPUT.exists():
+            return
+        import numpy as np
+
+        paths = seeded.write_checkpoints(_SEEDED_DIR)
+        assert (paths["hub"], paths["wrapped"], paths["bare"]) == (FIXTURE_CKPT, FIXTURE_CKPT_WRAPPED,
+                                                                   FIXTURE_CKPT_BARE)
+        part = FIXTURE_INPUT.with_suffix(".part.npy")
+        np.save(str(part), seeded.seeded_input())
+        part.replace(FIXTURE_INPUT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _seeded_fixtures():
+    """Every session has them (a few seconds): tests may name FIXTURE_CKPT without asking first."""
+    need_fixtures()
 
 
 @pytest.fixture(scope="session")
 def fixture_ckpt():
     need_fixtures()
     return FIXTURE_CKPT
+
+
+@pytest.fixture(scope="session")
+def fixture_ckpt_wrapped():
+    need_fixtures()
+    return FIXTURE_CKPT_WRAPPED
+
+
+@pytest.fixture(scope="session")
+def fixture_ckpt_bare():
+    need_fixtures()
+    return FIXTURE_CKPT_BARE
 
 
 @pytest.fixture(scope="session")

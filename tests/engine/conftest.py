@@ -1,12 +1,11 @@
 """Shared fixtures of the engine tests (plain pytest, no QGIS).
 
-The reference fixtures live outside the plugin, in ``$THOR_SHARED_DIR/thor/fixtures`` (default:
-``<repo>/../shared/thor/fixtures``). Tests that need them are skipped, with the reason, when
-they are absent; the shipped code never reads them.
+The model is thor_v1_tiny with seeded weights and the input the official stack's reference was computed
+on (see :mod:`tests.seeded`); both are made in the session, the reference outputs are in ``tests/data/``.
+Nothing outside the repository is read.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,52 +17,51 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SHARED = Path(os.environ.get("THOR_SHARED_DIR", str(REPO.parent / "shared")))
-FIXTURES = SHARED / "thor" / "fixtures"
-CKPT_NAME = "thor_v1_tiny_fixture_hubformat.pt"
-RAW_NAME = "s2_raw_2x10x288x288.npy"
-OUTPUTS_NAME = "thor_v1_tiny_fixture_outputs_p16.npz"
-
-
-def _need(name: str) -> Path:
-    p = FIXTURES / name
-    if not p.is_file():
-        msg = f"THOR reference fixture {p} not found (set THOR_SHARED_DIR to the folder holding thor/fixtures)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)  # in CI the fixtures are there: their absence is a failure, not a skip
-        pytest.skip(msg)
-    return p
+from tests import seeded  # noqa: E402
+from tests.conftest import FIXTURE_CKPT, FIXTURE_INPUT, FIXTURE_OUTPUTS, need_fixtures  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt() -> Path:
-    return _need(CKPT_NAME)
+    """The seeded weights as a hub-format checkpoint (``encoder.``-prefixed keys)."""
+    need_fixtures()
+    return FIXTURE_CKPT
 
 
 @pytest.fixture(scope="session")
 def raw_path() -> Path:
-    return _need(RAW_NAME)
+    need_fixtures()
+    return FIXTURE_INPUT
 
 
 @pytest.fixture(scope="session")
 def outputs_path() -> Path:
-    return _need(OUTPUTS_NAME)
+    return FIXTURE_OUTPUTS
 
 
 @pytest.fixture(scope="session")
 def raw_input() -> np.ndarray:
-    return np.load(_need(RAW_NAME))
+    need_fixtures()
+    return np.load(FIXTURE_INPUT)
 
 
 @pytest.fixture(scope="session")
 def reference() -> dict:
-    with np.load(_need(OUTPUTS_NAME)) as z:
+    """The official stack's outputs for the seeded weights and input (tokens_last, grid_*, pooled_*)."""
+    with np.load(FIXTURE_OUTPUTS) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def weight_free_reference() -> dict:
+    """Official-stack values that depend on neither weights nor input: ALiBi bias, per-group constants."""
+    with np.load(seeded.WEIGHT_FREE_NPZ) as z:
         return {k: z[k] for k in z.files}
 
 
 @pytest.fixture(scope="session")
 def tiny_state(tiny_ckpt):
-    """The fixture checkpoint's raw (hub-format) dict."""
+    """The seeded checkpoint's raw (hub-format) dict, as read back from the file."""
     return torch.load(str(tiny_ckpt), map_location="cpu", weights_only=True)
 
 
