@@ -41,7 +41,7 @@ def _same_weights(enc, tiny_state):
 # ---- formats ---------------------------------------------------------------------------------
 
 
-def test_hub_format_fixture(tiny_ckpt, tiny_state):
+def test_hub_format_checkpoint(tiny_ckpt, tiny_state):
     logs = []
     enc, meta, warns = load_builtin_encoder(_spec(tiny_ckpt), log=logs.append)
     assert _same_weights(enc, tiny_state)
@@ -50,18 +50,19 @@ def test_hub_format_fixture(tiny_ckpt, tiny_state):
     assert warns == [] and any("loaded" in m for m in logs)
 
 
-def test_state_dict_wrapped(tmp_path, tiny_state):
-    p = tmp_path / "wrapped.pt"
-    torch.save({"state_dict": dict(tiny_state), "epoch": 3, "hyper": {"lr": 1e-4}}, p)
-    enc, meta, _ = load_builtin_encoder(_spec(p))
+def test_state_dict_wrapped(tmp_path, fixture_ckpt_wrapped, tiny_state):
+    enc, meta, _ = load_builtin_encoder(_spec(fixture_ckpt_wrapped))
     assert _same_weights(enc, tiny_state)
-    assert meta["sha256"] == sha256_file(str(p))
-
-
-def test_bare_keys(tmp_path, tiny_state):
-    p = tmp_path / "bare.pt"
-    torch.save(_bare(tiny_state), p)
+    assert meta["sha256"] == sha256_file(str(fixture_ckpt_wrapped))
+    p = tmp_path / "wrapped.pt"  # with more training state beside it
+    torch.save({"state_dict": dict(tiny_state), "epoch": 3, "hyper": {"lr": 1e-4}}, p)
     enc, _, _ = load_builtin_encoder(_spec(p))
+    assert _same_weights(enc, tiny_state)
+
+
+def test_bare_keys(fixture_ckpt_bare, tiny_state):
+    assert not any(k.startswith("encoder.") for k in torch.load(str(fixture_ckpt_bare), weights_only=True))
+    enc, _, _ = load_builtin_encoder(_spec(fixture_ckpt_bare))
     assert _same_weights(enc, tiny_state)
 
 
@@ -222,7 +223,7 @@ def _run_hub(tmp_path, ckpt, raw_path, out_path, endpoint=None):
         snap.mkdir(parents=True)
         (repo_dir / "refs").mkdir()
         (repo_dir / "refs" / "main").write_text(HUB_COMMIT)
-        (snap / "thor_v1_vit_tiny.pt").write_bytes(Path(ckpt).read_bytes())  # the fixture, renamed
+        (snap / "thor_v1_vit_tiny.pt").write_bytes(Path(ckpt).read_bytes())  # the seeded checkpoint, renamed
     env = dict(os.environ)
     for k in list(env):
         if k.startswith("HF_") or k.startswith("HUGGINGFACE"):
