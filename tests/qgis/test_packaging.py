@@ -20,7 +20,8 @@ def test_zip_ships_plugin_files_only(tmp_path):
     for must in ("__init__.py", "thor_plugin.py", "metadata.txt", "LICENSE", "resources/icon.svg",
                  "processing_provider/provider.py", "thor_qgis/encoder.py", "thor_qgis/embedder.py"):
         assert must in rel, must
-    assert not any(r.startswith(("tests/", "scripts/", ".ci/", ".venv/", ".build/", "out/")) for r in rel)
+    assert not any(r.startswith(("tests/", "scripts/", ".ci/", ".venv/", ".build/", "out/", "sample/")) for r in rel)
+    assert not any(r.endswith((".npz", ".npy", ".pt")) for r in rel)  # no test data, no weights
     assert not any("__pycache__" in r or r.endswith(".pyc") for r in rel)
     # every Python module of the plugin's packages ships
     for pkg in ("thor_qgis", "processing_provider"):

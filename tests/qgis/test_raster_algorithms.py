@@ -202,6 +202,19 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(plugin, fixture_raster, tmp_p
     assert leftovers == []
 
 
+def test_grid_on_the_real_sentinel2_sample(plugin, tmp_path):
+    """The bundled real L1C crop (sample/): 2 x 2 tiles, its UTM 18N grid kept, finite embeddings."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sample",
+                       "s2_l1c_eastern_shore_576.tif")
+    out = tmp_path / "real_grid.tif"
+    res = run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 4)
+    arr, gt, wkt, _ = read_raster(out)
+    assert gt == (443220.0, 160.0, 0.0, 4175560.0, 0.0, -160.0) and epsg_of(wkt) == 32618
+    assert np.isfinite(arr).all()
+    assert float(arr.std(axis=(1, 2)).min()) > 0  # every channel varies over the scene
+
+
 def test_qgis_process_runs_grid(plugin, sample_raster, tmp_path):
     out = tmp_path / "qp_grid.tif"
     r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"INPUT={sample_raster}",
