@@ -66,7 +66,8 @@ AUTH_HELP = (
     "or give the path of a service-account JSON key file")
 PROJECT_HELP = (
     "set the Google Cloud project registered for Earth Engine (the 'Google Cloud project for Earth Engine' "
-    "field, or its default in Settings > Options > Processing > Providers > THOR embeddings)")
+    "field, or its default in the provider's settings: Settings > Options > Processing > Providers > THOR "
+    "embeddings)")
 
 
 def import_ee():
