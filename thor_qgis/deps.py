@@ -28,8 +28,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import ntpath
 import os
 import platform
+import posixpath
 import queue
 import re
 import shutil
@@ -176,30 +178,31 @@ def python_candidates(executable: str, prefix: str, base_prefix: str, system: st
     (``qgis``, ``qgis-bin.exe``, ``QGIS.app/Contents/MacOS/QGIS``), not Python."""
     v = version_info or sys.version_info
     mm = f"{v[0]}.{v[1]}"
+    pm = ntpath if system == "Windows" else posixpath  # paths of that system, whatever this one is
     out: List[str] = []
-    name = os.path.basename(executable or "").lower()
+    name = pm.basename(executable or "").lower()
     if name.startswith("python"):
         out.append(executable)
     if system == "Windows":
         for root in (prefix, base_prefix):
-            out += [os.path.join(root, "python.exe"), os.path.join(root, "python3.exe")]
-        exe_dir = os.path.dirname(executable or "")
+            out += [pm.join(root, "python.exe"), pm.join(root, "python3.exe")]
+        exe_dir = pm.dirname(executable or "")
         # OSGeo4W: <root>/bin/qgis-bin.exe and <root>/apps/Python3xx/python.exe, plus <root>/bin/python.exe
-        osgeo_root = os.path.dirname(exe_dir)
-        out += [os.path.join(osgeo_root, "apps", f"Python{v[0]}{v[1]}", "python.exe"),
-                os.path.join(exe_dir, "python.exe"), os.path.join(exe_dir, "python3.exe")]
+        osgeo_root = pm.dirname(exe_dir)
+        out += [pm.join(osgeo_root, "apps", f"Python{v[0]}{v[1]}", "python.exe"),
+                pm.join(exe_dir, "python.exe"), pm.join(exe_dir, "python3.exe")]
     elif system == "Darwin":
-        exe_dir = os.path.dirname(executable or "")  # QGIS.app/Contents/MacOS
-        contents = os.path.dirname(exe_dir)
-        out += [os.path.join(exe_dir, "bin", "python3"), os.path.join(exe_dir, "bin", f"python{mm}"),
-                os.path.join(exe_dir, "python3"), os.path.join(exe_dir, f"python{mm}")]
+        exe_dir = pm.dirname(executable or "")  # QGIS.app/Contents/MacOS
+        contents = pm.dirname(exe_dir)
+        out += [pm.join(exe_dir, "bin", "python3"), pm.join(exe_dir, "bin", f"python{mm}"),
+                pm.join(exe_dir, "python3"), pm.join(exe_dir, f"python{mm}")]
         for root in (prefix, base_prefix):
-            out += [os.path.join(root, "bin", f"python{mm}"), os.path.join(root, "bin", "python3")]
-        out += [os.path.join(contents, "Frameworks", "Python.framework", "Versions", mm, "bin", f"python{mm}"),
-                os.path.join(contents, "Frameworks", "Python.framework", "Versions", "Current", "bin", "python3")]
+            out += [pm.join(root, "bin", f"python{mm}"), pm.join(root, "bin", "python3")]
+        out += [pm.join(contents, "Frameworks", "Python.framework", "Versions", mm, "bin", f"python{mm}"),
+                pm.join(contents, "Frameworks", "Python.framework", "Versions", "Current", "bin", "python3")]
     else:
         for root in (prefix, base_prefix):
-            out += [os.path.join(root, "bin", f"python{mm}"), os.path.join(root, "bin", "python3")]
+            out += [pm.join(root, "bin", f"python{mm}"), pm.join(root, "bin", "python3")]
         out += [f"/usr/bin/python{mm}", "/usr/bin/python3", f"/usr/local/bin/python{mm}"]
     seen, uniq = set(), []
     for p in out:
