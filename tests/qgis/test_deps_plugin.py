@@ -214,3 +214,28 @@ def test_copy_diagnostics(gui_plugin):
     assert f"| QGIS | {Qgis.QGIS_VERSION}" in text and "| Qt | 5." in text
     assert "| torch build | CPU |" in text  # the venv's torch, examined in this process or a separate one
     assert task.report["report"] == text
+
+
+def test_install_dialog_builds_the_plan(qgis_app, tmp_path):
+    install_dialog = importlib.import_module(PLUGIN_NAME + ".install_dialog")
+    dlg = install_dialog.InstallDialog(str(tmp_path / "deps"), sys.executable)
+    dlg.build.setCurrentIndex(dlg.build.findData("cpu"))
+    dlg.index_url.setText("none")
+    dlg.extra_index.setText("https://mirror.example/simple")
+    dlg.proxy.setText("http://proxy.example:3128")
+    plan = dlg.plan()
+    assert plan.build == "cpu" and plan.torch_index is None and plan.python == sys.executable
+    assert plan.extra_index_urls == ["https://mirror.example/simple"] and plan.proxy == "http://proxy.example:3128"
+    dlg.show_plan()
+    assert "torch build:     cpu (asked for)" in dlg.plan_text.toPlainText()
+    assert [dlg.build.itemData(i) for i in range(dlg.build.count())][:2] == ["auto", "cpu"]
+    assert "cu128" in [dlg.build.itemData(i) for i in range(dlg.build.count())]
+
+
+def test_missing_dependency_message_points_to_the_installer(plugin, monkeypatch):
+    base = importlib.import_module(PLUGIN_NAME + ".processing_provider.base")
+    monkeypatch.setattr(base, "missing_modules", lambda names: tuple(n for n in names if n == "torch"))
+    ok, msg = QgsApplication.processingRegistry().algorithmById("thor:grid_from_raster").canExecute()
+    assert not ok
+    assert "needs the Python package(s) torch" in msg
+    assert "Plugins ▸ THOR embeddings ▸ Install dependencies…" in msg and "python3 -m thor_qgis.deps install" in msg
