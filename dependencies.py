@@ -16,7 +16,7 @@ from .thor_qgis import deps
 LOG_TAG = "THOR embeddings"
 
 
-def log(message: str, level=Qgis.Info) -> None:
+def log(message: str, level=Qgis.MessageLevel.Info) -> None:
     """To the THOR embeddings tab of the message log (thread-safe)."""
     QgsMessageLog.logMessage(message, LOG_TAG, level)
 
@@ -34,9 +34,9 @@ def activate() -> Optional[str]:
     """Put the folder on sys.path, if something is installed there (at plugin start: GUI and qgis_process)."""
     target = target_dir()
     try:
-        return deps.activate(target, log=lambda m: log(m, Qgis.Warning))
+        return deps.activate(target, log=lambda m: log(m, Qgis.MessageLevel.Warning))
     except Exception as e:  # a damaged folder must not stop the plugin from loading
-        log(f"THOR dependencies folder {target} not used: {type(e).__name__}: {e}", Qgis.Warning)
+        log(f"THOR dependencies folder {target} not used: {type(e).__name__}: {e}", Qgis.MessageLevel.Warning)
         return None
 
 
@@ -74,7 +74,7 @@ class InstallTask(QgsTask):
 
     def __init__(self, plan: deps.Plan, on_done: Optional[Callable[["InstallTask"], None]] = None):
         super().__init__("Installing THOR dependencies (torch, earthengine-api, huggingface_hub)",
-                         QgsTask.CanCancel)
+                         QgsTask.Flag.CanCancel)
         self.plan = plan
         self.on_done = on_done
         self.result: Optional[deps.Result] = None
@@ -110,13 +110,14 @@ class InstallTask(QgsTask):
             deps.activate(self.plan.target)
             r = self.result
             log(f"THOR dependencies installed in {r.seconds:.0f} s ({r.bytes / 1e6:.0f} MB) into {r.site}: "
-                + ", ".join(f"{k} {v}" for k, v in r.versions.items()), Qgis.Success)
+                + ", ".join(f"{k} {v}" for k, v in r.versions.items()), Qgis.MessageLevel.Success)
         else:
             if not self.outcome:
                 self.outcome = "canceled" if self.isCanceled() else "failed"
             if self.outcome == "canceled":
-                log("Installing THOR dependencies was canceled: nothing changed.", Qgis.Warning)
+                log("Installing THOR dependencies was canceled: nothing changed.", Qgis.MessageLevel.Warning)
             else:
-                log("Installing THOR dependencies failed: " + (self.error or "see the log above"), Qgis.Critical)
+                log("Installing THOR dependencies failed: " + (self.error or "see the log above"),
+                    Qgis.MessageLevel.Critical)
         if self.on_done is not None:
             self.on_done(self)

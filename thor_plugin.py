@@ -111,7 +111,7 @@ class ThorPlugin:
             self._message(str(e), Qgis.MessageLevel.Critical, 0)
             return None
         dlg = InstallDialog(dependencies.target_dir(), python, self.iface.mainWindow() if self.iface else None)
-        if dlg.exec_():
+        if dlg.exec():
             dlg.save()
             try:
                 plan = dlg.plan()
