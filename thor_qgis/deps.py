@@ -60,6 +60,10 @@ PACKAGES: Tuple[Tuple[str, str, str, str], ...] = (
 # Distributions QGIS brings and that must stay QGIS's own (never shadowed from the deps folder).
 PROTECTED = ("numpy", "gdal", "pyqt5", "pyqt5_sip", "pyqt6", "pyqt6_sip", "sip", "qgis")
 PROTECTED_IMPORTS = ("numpy", "osgeo", "PyQt5", "PyQt6", "sip", "qgis")
+# Packaging tools pulled in as dependencies (torch lists setuptools): not needed to run, and in front of sys.path
+# they would replace the ones QGIS and other plugins use (pkg_resources among them).
+BUILD_TOOLS = ("setuptools", "pkg_resources", "_distutils_hack", "pip", "wheel")
+BUILD_TOOL_FILES = ("distutils-precedence.pth",)
 
 # Minimum NVIDIA driver for each CUDA build of the PyTorch wheels (NVIDIA's CUDA toolkit release notes,
 # "CUDA Toolkit and Corresponding Driver Versions": (Linux, Windows)).
@@ -797,11 +801,18 @@ def check_probe(data: Dict, staging: str, modules: Sequence[str]) -> List[str]:
 
 
 def _prune_protected(staging: str, log: Log) -> None:
-    """Remove any copy of numpy / GDAL / PyQt / sip that pip put in the staging folder."""
+    """Remove any copy of numpy / GDAL / PyQt / sip, and packaging tools, that pip put in the staging folder."""
     for n in sorted(os.listdir(staging)):
         base = re.split(r"[-.]", n, maxsplit=1)[0]
         norm = base.lower()
-        if norm in PROTECTED or base in PROTECTED_IMPORTS or norm in ("osgeo", "numpy.libs"):
+        if norm in BUILD_TOOLS or n in BUILD_TOOL_FILES:
+            p = os.path.join(staging, n)
+            log(f"removing {n} from the new folder: a packaging tool, not needed to run")
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.remove(p)
+        elif norm in PROTECTED or base in PROTECTED_IMPORTS or norm in ("osgeo", "numpy.libs"):
             p = os.path.join(staging, n)
             log(f"removing {n} from the new folder: QGIS's own copy stays in use")
             if os.path.isdir(p):
@@ -968,6 +979,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except DepsError as e:
         sys.stderr.write(f"error: {e}\n")
+        return 1
+    except OSError as e:  # e.g. a target folder that cannot be written
+        sys.stderr.write(f"error: {e.strerror or e}: {e.filename or ''}\n")
         return 1
 
 

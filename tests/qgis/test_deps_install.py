@@ -51,6 +51,8 @@ def test_headless_install_with_the_system_python(installed):
     names = {p.name.lower() for p in site.iterdir()}
     assert not any(n.startswith(("numpy", "osgeo", "gdal")) for n in names)  # QGIS's own stay in use
     assert not any(n.startswith("nvidia") for n in names)  # no CUDA build pulled in
+    # packaging tools (torch lists setuptools) would shadow QGIS's pkg_resources from the front of sys.path
+    assert not any(n.startswith(("setuptools", "pkg_resources", "_distutils_hack", "distutils-")) for n in names)
     assert "checking the new packages in a separate Python process" in out
     assert not [p for p in target.iterdir() if p.name.startswith(".staging-")]
 
