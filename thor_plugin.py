@@ -53,6 +53,10 @@ class ThorPlugin:
         self.offer_install()
 
     def unload(self):
+        if self.task is not None:  # an install still running: stop it, and do not re-register afterwards
+            self.task.on_done = None
+            self.task.cancel()
+            self.task = None
         if self.iface is not None:
             for action in self.actions:
                 self.iface.removePluginMenu(MENU, action)

@@ -240,3 +240,18 @@ def test_missing_dependency_message_points_to_the_installer(plugin, monkeypatch)
     assert "needs the Python package(s) torch" in msg
     assert "Plugins ▸ THOR embeddings ▸ Install dependencies…" in msg
     assert "python3 -m thor_qgis.deps install" in msg
+
+
+def test_unload_during_an_install_cancels_it(gui_plugin, tmp_path):
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, "0.2", "import time\ntime.sleep(120)")
+    target = tmp_path / "deps"
+    task = gui_plugin.start_install(tiny_plan(target, wheels, "0.2"))
+    wait_for(lambda: any("checking the new packages" in ln for ln in task.lines), timeout=120)
+    gui_plugin.unload()
+    try:
+        wait_for(lambda: task.outcome, timeout=60)
+        assert task.outcome == "canceled" and deps.active_site(str(target)) is None
+        assert QgsApplication.processingRegistry().providerById("thor") is None  # not re-registered
+    finally:
+        gui_plugin.initProcessing()
