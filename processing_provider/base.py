@@ -14,10 +14,12 @@ PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # import name → what to tell the user to install
 INSTALL_HINTS: Dict[str, str] = {
-    "torch": "torch (the CPU build is enough: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
-    "ee": "earthengine-api (pip install earthengine-api)",
+    "torch": "torch",
+    "ee": "earthengine-api",
+    "huggingface_hub": "huggingface_hub",
     "osgeo": "GDAL's Python bindings (they come with QGIS)",
 }
+INSTALLABLE = ("torch", "ee", "huggingface_hub")  # what the plugin's own installer provides
 
 # The toolbox sorts groups by name: the numbers keep them in workflow order (imagery → embeddings → analysis).
 GROUP_IMAGERY = ("imagery", "1 · Sentinel-2 imagery")
@@ -105,9 +107,14 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
     # --- dependencies --------------------------------------------------------------------
     @staticmethod
     def _missing_message(missing: Sequence[str]) -> str:
-        what = "; ".join(INSTALL_HINTS.get(m, m) for m in missing)
-        return (f"This algorithm needs the Python package(s) {', '.join(missing)}, which QGIS's Python "
-                f"cannot import. Install {what} into the Python that QGIS uses, then restart QGIS.")
+        what = ", ".join(INSTALL_HINTS.get(m, m) for m in missing)
+        text = (f"This algorithm needs the Python package(s) {', '.join(missing)}, which QGIS's Python "
+                f"cannot import ({what}).")
+        if any(m in INSTALLABLE for m in missing):
+            text += (" Install them with Plugins ▸ THOR embeddings ▸ Install dependencies… (no restart needed), "
+                     "or headless: in the plugin folder, run `python3 -m thor_qgis.deps install` with the Python "
+                     "that QGIS uses; they go into the plugin's own folder (or $THOR_DEPS_DIR).")
+        return text
 
     def canExecute(self):  # noqa: N802
         missing = missing_modules(self.REQUIRES)

@@ -75,8 +75,8 @@ def import_ee():
         import ee  # noqa: WPS433 (lazy on purpose)
     except ImportError:
         raise ThorConfigError(
-            "the earthengine-api package is not installed in QGIS's Python: install it with "
-            "`pip install earthengine-api` (see the plugin's requirements.txt)") from None
+            "the earthengine-api package is not installed in QGIS's Python: install it with Plugins > THOR "
+            "embeddings > Install dependencies... (headless: `python3 -m thor_qgis.deps install`)") from None
     return ee
 
 
