@@ -6,7 +6,7 @@ k-fold (:mod:`.supervised`), fits it on every labelled cell and streams the whol
 writing
 
 * a class raster: the class value of every valid cell (uint8 up to value 255, else uint16; 0 = nodata)
-  with a colour table and the class names as GDAL category names;
+  with a colour table, class names in its THOR_CONFIG metadata;
 * a confidence raster: the probability the classifier gives the chosen class (float32 0..1; for kNN
   the share of the k neighbours' votes), nodata :data:`~.analysis.FLOAT_NODATA`;
 * optionally an accuracy report (Markdown or HTML) and the fitted model (:func:`.learners.save_model`).
@@ -71,16 +71,10 @@ def normalise_labels(values: Sequence[Any]) -> List[Any]:
 
 
 def classes_raster_extras(ds, classes: Sequence[Dict[str, Any]]) -> None:
-    """Colour table and category names on band 1 of an open class raster."""
+    """A colour table on band 1 of an open class raster (class names are in its THOR_CONFIG)."""
     top = max(c["value"] for c in classes)
-    band = ds.GetRasterBand(1)
     if top <= 255:
-        band.SetRasterColorTable(_class_palette(top))
-    if top <= 4096:
-        names = [""] * (top + 1)
-        for c in classes:
-            names[c["value"]] = c["name"]
-        band.SetCategoryNames(names)
+        ds.GetRasterBand(1).SetRasterColorTable(_class_palette(top))
 
 
 def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_in: Sequence[Any],

@@ -41,6 +41,9 @@ def training_cells(src: str, geometries_wkt: Sequence[str], values: Sequence[Any
                    log: LogFn) -> Training:
     """One sample per valid cell under the features, labelled with the feature's value (already
     checked by the caller: None marks a feature without a label, which is left out)."""
+    if len(values) == 0:
+        raise ThorInputError("no labelled features were given: the layer (or selection) has no feature with a "
+                             "geometry")
     keep = [i for i, v in enumerate(values) if v is not None]
     if not keep:
         raise ThorInputError("no labels: every feature's label field is empty (NULL)")
