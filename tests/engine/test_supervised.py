@@ -178,11 +178,21 @@ def test_random_forest_exported_trees_match_scikit_learn(scene, tmp_path):
                             model_path=str(model))
     arr, _ = _read(out)
     assert (arr[scene["held"]] == scene["truth"][scene["held"]]).mean() >= 0.9
-    learner, _ = learners.load_model(str(model))
-    x = np.random.default_rng(0).normal(size=(50, 48)).astype(np.float32)
+    assert rec["learner"]["n_trees"] == 100
+    # the forest as exported arrays (applied with numpy) predicts what scikit-learn's object predicts
+    from sklearn.ensemble import RandomForestRegressor
+
     emb, _ = _read(scene["src"])
     xs = emb[:, scene["rows"], scene["cols"]].T.astype(np.float32)
-    ref = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1).fit(
-        xs, np.array(scene["labels"]) - 1)
-    assert np.allclose(learner.predict_proba(x), ref.predict_proba(x))
-    assert rec["learner"]["n_trees"] == 100
+    y = np.array(scene["labels"]) - 1
+    x = np.random.default_rng(0).normal(size=(50, 48)).astype(np.float32)
+    mine = learners.Forest("classification", n_trees=20, seed=3, n_classes=4).fit(xs, y)
+    ref = RandomForestClassifier(n_estimators=20, random_state=3, n_jobs=1).fit(xs, y)
+    assert np.allclose(mine.predict_proba(x), ref.predict_proba(x))
+    learners.save_model(str(tmp_path / "f.npz"), mine, {})
+    loaded, _ = learners.load_model(str(tmp_path / "f.npz"))
+    assert np.array_equal(loaded.predict_proba(x), mine.predict_proba(x))
+    v = emb[0, scene["rows"], scene["cols"]]
+    mine = learners.Forest("regression", n_trees=10, seed=1).fit(xs, v)
+    ref = RandomForestRegressor(n_estimators=10, random_state=1, n_jobs=1).fit(xs, v)
+    assert np.allclose(mine.predict(x), ref.predict(x))
