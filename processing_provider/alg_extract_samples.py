@@ -62,7 +62,13 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
         mode = self.parameterAsEnumString(parameters, MODE, context)
         samples = samples_export.extract_samples(src, wkts, mode, self.parameterAsBool(parameters, ALL_TOUCHED, context),
                                                  feature_names=ids, progress=progress, is_canceled=is_canceled)
-        fields = QgsFields(source.fields())
+        # a GeoPackage's own "fid" would repeat on every cell of a feature: thor_fid keeps the feature's id
+        keep = [i for i, n in enumerate(names) if n.lower() != "fid"]
+        names = [names[i] for i in keep]
+        rows = [[r[i] for i in keep] for r in rows]
+        fields = QgsFields()
+        for i in keep:
+            fields.append(source.fields().at(i))
         taken = set(fields.names())
         extra = [("thor_fid", _INT), ("thor_row", _INT), ("thor_col", _INT), ("thor_x", _DOUBLE),
                  ("thor_y", _DOUBLE), ("thor_cells", _INT)] + [(c, _DOUBLE) for c in samples.columns]

@@ -54,7 +54,7 @@ def main(wheel: str) -> None:
         osm = [n for n in os.listdir(base) if n.startswith("gis_osm_landuse")][0]
         for src, layer, fields in (("s2l1c_ref.gpkg", "reference", "pid,cid"), (osm, "landuse", "osm_id,fclass")):
             opts = ["-nln", layer, "-spat", *map(str, spat), "-clipsrc", *map(str, spat), "-select", fields,
-                    "-nlt", "PROMOTE_TO_MULTI"]
+                    "-nlt", "PROMOTE_TO_MULTI", "-a_srs", "EPSG:32633"]
             if os.path.exists(gpkg):
                 opts.append("-update")
             gdal.VectorTranslate(gpkg, os.path.join(base, src), format="GPKG", options=opts)

