@@ -13,6 +13,7 @@ def algorithm_classes():
     from .alg_regress import RegressAlgorithm
     from .alg_apply_model import ApplyModelAlgorithm
     from .alg_extract_samples import ExtractSamplesAlgorithm
+    from .alg_search import SimilaritySearchAlgorithm
 
     from .alg_ee_composite import EECompositeAlgorithm
     from .alg_ee_grid import EEGridAlgorithm
@@ -21,4 +22,5 @@ def algorithm_classes():
     return [RasterGridAlgorithm, RasterPooledAlgorithm,
             EECompositeAlgorithm, EEGridAlgorithm, EEPooledAlgorithm,
             EmbeddingRgbAlgorithm, SimilarityAlgorithm, ClustersAlgorithm, ChangeAlgorithm,
-            ClassifyAlgorithm, RegressAlgorithm, ApplyModelAlgorithm, ExtractSamplesAlgorithm]
+            ClassifyAlgorithm, RegressAlgorithm, ApplyModelAlgorithm, ExtractSamplesAlgorithm,
+            SimilaritySearchAlgorithm]

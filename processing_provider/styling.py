@@ -210,3 +210,14 @@ def style_values(layer) -> None:
             stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
             lo, hi = stats.minimumValue, stats.maximumValue
         _pseudocolor(layer, float(lo), float(hi) if hi > lo else float(lo) + 1.0, "Spectral")
+
+
+def style_mask(layer) -> None:
+    """A 0/1 mask: 1 drawn in one colour, 0 left transparent."""
+    from qgis.core import QgsPalettedRasterRenderer
+    from qgis.PyQt.QtGui import QColor
+
+    if isinstance(layer, QgsRasterLayer):
+        layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, [
+            QgsPalettedRasterRenderer.Class(1, QColor("#e31a1c"), "similar")]))
+        layer.triggerRepaint()
