@@ -14,6 +14,7 @@ def algorithm_classes():
     from .alg_apply_model import ApplyModelAlgorithm
     from .alg_extract_samples import ExtractSamplesAlgorithm
     from .alg_search import SimilaritySearchAlgorithm
+    from .alg_trajectory import TrajectoryAlgorithm
 
     from .alg_ee_composite import EECompositeAlgorithm
     from .alg_ee_grid import EEGridAlgorithm
@@ -23,4 +24,4 @@ def algorithm_classes():
             EECompositeAlgorithm, EEGridAlgorithm, EEPooledAlgorithm,
             EmbeddingRgbAlgorithm, SimilarityAlgorithm, ClustersAlgorithm, ChangeAlgorithm,
             ClassifyAlgorithm, RegressAlgorithm, ApplyModelAlgorithm, ExtractSamplesAlgorithm,
-            SimilaritySearchAlgorithm]
+            SimilaritySearchAlgorithm, TrajectoryAlgorithm]

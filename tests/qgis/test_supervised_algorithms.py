@@ -195,3 +195,48 @@ def test_qgis_process_classify_and_apply(real_grid, tmp_path):
                          f"OUTPUT={again}")
     assert r.returncode == 0, r.stderr
     assert np.array_equal(read_raster(again)[0], read_raster(out)[0])
+
+
+def test_similarity_search_auto_k_and_trajectory_on_real_scene(real_grid, tmp_path):
+    from thor_embeddings.processing_provider.styling import style_mask
+
+    water = QgsVectorLayer(f"{LABELS}|layername=landuse", "water", "ogr")
+    water.setSubsetString("fclass = 'water'")
+    sim, mask = str(tmp_path / "sim.tif"), str(tmp_path / "mask.tif")
+    res = run("similarity_search", {"INPUT": real_grid, "LABELS": water, "REFERENCE_MODE": "max",
+                                    "THRESHOLD": 0.9, "TOP_K": 25, "OUTPUT": sim, "MASK": mask,
+                                    "TOP": str(tmp_path / "top.gpkg")})
+    s, *_ = read_raster(sim)
+    m, *_ = read_raster(mask)
+    assert np.array_equal(m[0], (s[0] >= np.float32(0.9)).astype(np.uint8))
+    top = QgsVectorLayer(res["TOP"], "top", "ogr")
+    assert top.featureCount() == 25
+    feats = sorted(top.getFeatures(), key=lambda f: f["rank"])
+    sims = [f["similarity"] for f in feats]
+    assert sorted(sims, reverse=True) == sims
+    assert all(f["similarity"] == pytest.approx(float(s[0, f["row"], f["col"]]), abs=1e-6) for f in feats)
+    layer = QgsRasterLayer(mask, "mask")
+    style_mask(layer)
+    assert layer.renderer().type() == "paletted"
+    res = run("kmeans_clusters", {"INPUT": real_grid, "AUTO_K": True, "K_MIN": 2, "K_MAX": 5,
+                                  "OUTPUT": str(tmp_path / "k.tif")})
+    assert 2 <= res["CHOSEN_K"] <= 5
+    k_arr, *_ = read_raster(res["OUTPUT"])
+    assert len(np.unique(k_arr)) == res["CHOSEN_K"]
+    # three "dates": the grid, and two copies of it, the last with the left half replaced
+    g_arr, gt, *_ = read_raster(real_grid)
+    from tests.helpers import write_raster
+
+    second = write_raster(tmp_path / "second.tif", g_arr, gt, epsg=32633)
+    third_arr = g_arr.copy()
+    third_arr[:, :, :18] = g_arr[:, ::-1, :18]
+    third = write_raster(tmp_path / "third.tif", third_arr, gt, epsg=32633)
+    out = str(tmp_path / "traj.tif")
+    run("trajectory_map", {"INPUTS": [real_grid, second, third], "OUTPUT": out})
+    t, *_ = read_raster(out)
+    assert t.shape == (3, 36, 36)
+    assert np.abs(t[0, :, 18:]).max() < 1e-5  # the right half never changes
+    changed = t[1, :, :18] > 1e-3
+    assert changed.mean() > 0.5 and (t[2, :, :18][changed] == 2).all()
+    with pytest.raises(QgsProcessingException, match="at least 3"):
+        run("trajectory_map", {"INPUTS": [real_grid, second], "OUTPUT": str(tmp_path / "no.tif")})
