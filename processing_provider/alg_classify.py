@@ -17,6 +17,7 @@ METHOD = "METHOD"
 K = "K"
 FOLDS = "FOLDS"
 SEED = "SEED"
+MAX_SAMPLES = "MAX_SAMPLES"
 CONFIDENCE = "CONFIDENCE"
 REPORT = "REPORT"
 MODEL = "MODEL"
@@ -33,8 +34,11 @@ def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nea
         FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), QgsProcessingParameterNumber.Integer,
         defaultValue=5, minValue=0, maxValue=50))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        SEED, alg.tr("Random seed (folds, random forest)"), QgsProcessingParameterNumber.Integer, defaultValue=0,
-        minValue=0)))
+        SEED, alg.tr("Random seed (folds, sample limit, random forest)"), QgsProcessingParameterNumber.Integer,
+        defaultValue=0, minValue=0)))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        MAX_SAMPLES, alg.tr("Most labelled cells to fit on (a random subset beyond)"),
+        QgsProcessingParameterNumber.Integer, defaultValue=20000, minValue=10)))
 
 
 def optional_path(alg, parameters, name, context) -> str:
@@ -85,7 +89,8 @@ class ClassifyAlgorithm(AnalysisAlgorithm):
             all_touched=self.parameterAsBool(parameters, ALL_TOUCHED, context),
             report_path=optional_path(self, parameters, REPORT, context) or None,
             model_path=optional_path(self, parameters, MODEL, context) or None,
-            feature_names=ids, label_field=field, progress=progress, is_canceled=is_canceled, log=log)
+            max_samples=self.parameterAsInt(parameters, MAX_SAMPLES, context), feature_names=ids, label_field=field,
+            progress=progress, is_canceled=is_canceled, log=log)
         self._dest = record["output"]
         self._conf = record["confidence"]
         acc = record["validation"].get("overall_accuracy")

@@ -1,7 +1,8 @@
 """Regress a numeric value over an embedding raster from labelled points or polygons."""
 from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterFileDestination
 
-from .alg_classify import FOLDS, K, MODEL, MODEL_FILTER, REPORT, REPORT_FILTER, SEED, add_learning_params, optional_path
+from .alg_classify import (FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER, REPORT, REPORT_FILTER, SEED, add_learning_params,
+                           optional_path)
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
 from .features import ALL_TOUCHED, add_labelled_params, read_labelled
@@ -49,7 +50,8 @@ class RegressAlgorithm(AnalysisAlgorithm):
             all_touched=self.parameterAsBool(parameters, ALL_TOUCHED, context),
             report_path=optional_path(self, parameters, REPORT, context) or None,
             model_path=optional_path(self, parameters, MODEL, context) or None,
-            feature_names=ids, value_field=field, progress=progress, is_canceled=is_canceled, log=log)
+            max_samples=self.parameterAsInt(parameters, MAX_SAMPLES, context), feature_names=ids, value_field=field,
+            progress=progress, is_canceled=is_canceled, log=log)
         self._dest = record["output"]
         v = record["validation"]
         return {OUTPUT: self._dest, REPORT: record["report"], MODEL: record["model"], R2: v.get("r2"),

@@ -26,8 +26,8 @@ from .analysis import FLOAT_NODATA, CLASS_NODATA, CancelFn, ProgressFn, _class_p
 from .errors import ThorConfigError, ThorInputError
 from .labels import raster_fingerprint
 from .learners import CLASSIFIERS, class_metrics, library_versions, make_classifier, save_model
-from .supervised import (LogFn, check_outputs, cross_validate, int_arg, predict_to_rasters, report_format,
-                         seed_arg, training_cells, write_report)
+from .supervised import (LogFn, check_outputs, cross_validate, int_arg, limit_samples, predict_to_rasters,
+                         report_format, seed_arg, training_cells, write_report)
 
 __all__ = ["classify", "class_table", "classes_raster_extras"]
 
@@ -80,7 +80,8 @@ def classes_raster_extras(ds, classes: Sequence[Dict[str, Any]]) -> None:
 def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_in: Sequence[Any],
              dst_confidence: Optional[str] = None, method: str = "knn", k: int = 5, folds: int = 5, seed: int = 0,
              all_touched: bool = True, report_path: Optional[str] = None, model_path: Optional[str] = None,
-             feature_names: Optional[Sequence[Any]] = None, label_field: str = "", progress: ProgressFn = None,
+             max_samples: int = 20000, feature_names: Optional[Sequence[Any]] = None, label_field: str = "",
+             progress: ProgressFn = None,
              is_canceled: CancelFn = None, log: LogFn = None, block_pixels: Optional[int] = None) -> Dict[str, Any]:
     """Classify ``src`` from features ``geometries_wkt`` labelled ``labels_in`` (see the module doc).
     Returns the recorded config plus ``output``, ``confidence``, ``report``, ``model`` paths and the
@@ -111,6 +112,11 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
         raise ThorInputError(
             f"only one class ({table[0][1]!r}) among the labelled cells{' of field ' + label_field if label_field else ''}:"
             f" a classifier needs at least two classes")
+    keep = limit_samples(train, y, int_arg("max_samples", max_samples, 10), seed, log)
+    if keep.size < y.size:
+        train = train._replace(x=train.x[keep], target=[train.target[i] for i in keep.tolist()],
+                               group=train.group[keep], flat=train.flat[keep])
+        y = y[keep]
     counts = np.bincount(y, minlength=n_classes)
     kk = min(k, len(y))
 
@@ -132,7 +138,7 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
     top = int(codes.max())
     dtype = "uint8" if top <= 255 else "uint16"
     params = {"method": method, "k": kk if method == "knn" else None, "folds": folds, "seed": seed,
-              "all_touched": bool(all_touched), "label_field": label_field}
+              "all_touched": bool(all_touched), "label_field": label_field, "max_samples": max_samples}
     validation = _validation_record(metrics, used_folds, why, classes)
     config = {
         "operation": "classify",

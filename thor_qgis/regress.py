@@ -17,8 +17,8 @@ from .analysis import FLOAT_NODATA, CancelFn, ProgressFn, _index_list, _Run
 from .errors import ThorConfigError, ThorInputError
 from .labels import check_finite_number, raster_fingerprint
 from .learners import REGRESSORS, library_versions, make_regressor, regression_metrics, save_model
-from .supervised import (LogFn, check_outputs, cross_validate, int_arg, predict_to_rasters, report_format,
-                         seed_arg, training_cells, write_report)
+from .supervised import (LogFn, check_outputs, cross_validate, int_arg, limit_samples, predict_to_rasters,
+                         report_format, seed_arg, training_cells, write_report)
 
 __all__ = ["regress", "numeric_values"]
 
@@ -59,7 +59,8 @@ def numeric_values(values: Sequence[Any], feature_names: Optional[Sequence[Any]]
 
 def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequence[Any], method: str = "knn",
             k: int = 5, folds: int = 5, seed: int = 0, all_touched: bool = True, report_path: Optional[str] = None,
-            model_path: Optional[str] = None, feature_names: Optional[Sequence[Any]] = None, value_field: str = "",
+            model_path: Optional[str] = None, max_samples: int = 20000,
+            feature_names: Optional[Sequence[Any]] = None, value_field: str = "",
             progress: ProgressFn = None, is_canceled: CancelFn = None, log: LogFn = None,
             block_pixels: Optional[int] = None) -> Dict[str, Any]:
     """Predict a numeric value for every valid cell of ``src`` from labelled features (module doc)."""
@@ -80,6 +81,10 @@ def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequen
     run = _Run(progress, is_canceled, (0.3, 0.4, 1.0))
     train = training_cells(src, geometries_wkt, values, feature_names, all_touched, block_pixels,
                            lambda f: run.report(0, f), is_canceled, log)
+    keep = limit_samples(train, None, int_arg("max_samples", max_samples, 10), seed, log)
+    if keep.size < len(train.target):
+        train = train._replace(x=train.x[keep], target=[train.target[i] for i in keep.tolist()],
+                               group=train.group[keep], flat=train.flat[keep])
     y = np.asarray(train.target, dtype=np.float64)
     if y.size < 2:
         raise ThorInputError(f"regression needs at least 2 labelled cells; the features cover {y.size}")
@@ -99,7 +104,7 @@ def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequen
     learner = fit(np.arange(len(y)))
     run.report(1, 1.0)
     params = {"method": method, "k": kk if method == "knn" else None, "folds": folds, "seed": seed,
-              "all_touched": bool(all_touched), "value_field": value_field}
+              "all_touched": bool(all_touched), "value_field": value_field, "max_samples": max_samples}
     validation = ({"folds": int(used_folds), "grouped_by": "feature",
                    **{k_: round(v, 6) if isinstance(v, float) else v for k_, v in metrics.items()}}
                   if metrics is not None else {"folds": 0, "note": why})

@@ -90,6 +90,32 @@ def training_cells(src: str, geometries_wkt: Sequence[str], values: Sequence[Any
                     flat=cells.flat[ok], report=report)
 
 
+def limit_samples(train: Training, strata: Optional[np.ndarray], cap: int, seed: int, log: LogFn) -> np.ndarray:
+    """Indices of at most ``cap`` training samples: all when there are fewer, else a seeded random
+    subset that keeps each stratum's (class's) share and at least one sample of each."""
+    n = train.x.shape[0]
+    if n <= cap:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        keep = np.sort(rng.choice(n, cap, replace=False))
+    else:
+        classes, sizes = np.unique(strata, return_counts=True)
+        share = cap * sizes / n
+        take = np.maximum(1, np.floor(share).astype(np.int64))
+        for i in np.argsort(-(share - np.floor(share)), kind="stable"):  # largest remainders first
+            if take.sum() >= cap:
+                break
+            take[i] += 1
+        take = np.minimum(take, sizes)
+        parts = [rng.choice(np.flatnonzero(strata == c), int(t), replace=False) for c, t in zip(classes, take)]
+        keep = np.sort(np.concatenate(parts))
+    if log is not None:
+        log(f"{n} labelled cells: fitting on a random {keep.size} of them (the sample limit; the seed fixes "
+            f"which).")
+    return keep
+
+
 def cross_validate(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray,
                    group: np.ndarray, n_folds: int, seed: int, stratified: bool,
                    is_canceled: CancelFn = None) -> Tuple[Optional[np.ndarray], int, str]:

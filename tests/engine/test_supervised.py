@@ -196,3 +196,26 @@ def test_random_forest_exported_trees_match_scikit_learn(scene, tmp_path):
     mine = learners.Forest("regression", n_trees=10, seed=1).fit(xs, v)
     ref = RandomForestRegressor(n_estimators=10, random_state=1, n_jobs=1).fit(xs, v)
     assert np.allclose(mine.predict(x), ref.predict(x))
+
+
+def test_sample_limit_and_cancel(scene, tmp_path):
+    logs = []
+    model = tmp_path / "m.npz"
+    classify.classify(scene["src"], str(tmp_path / "c.tif"), scene["wkts"], scene["labels"], max_samples=30,
+                      model_path=str(model), folds=0, log=logs.append)
+    assert any("fitting on a random 30" in m for m in logs)
+    learner, doc = learners.load_model(str(model))
+    assert learner.train.shape == (30, 48) and set(learner.labels.tolist()) == {0, 1, 2, 3}
+    assert doc["parameters"]["max_samples"] == 30
+    calls = []
+
+    def cancel_later():
+        calls.append(1)
+        return len(calls) > 3
+
+    from thor_qgis.errors import ThorCanceled
+
+    with pytest.raises(ThorCanceled):
+        classify.classify(scene["src"], str(tmp_path / "x.tif"), scene["wkts"], scene["labels"],
+                          dst_confidence=str(tmp_path / "xc.tif"), is_canceled=cancel_later, block_pixels=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "m.npz"]
