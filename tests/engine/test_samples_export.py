@@ -3,7 +3,6 @@ import csv
 
 import numpy as np
 import pytest
-from osgeo import gdal
 
 from tests.engine.planted import GT
 from tests.helpers import write_raster
