@@ -73,4 +73,6 @@ class ClustersAlgorithm(AnalysisAlgorithm):
             sample_size=self.parameterAsInt(parameters, SAMPLE_SIZE, context),
             max_iter=self.parameterAsInt(parameters, MAX_ITER, context),
             progress=progress, is_canceled=is_canceled)
+        if self.parameterAsBool(parameters, AUTO_K, context):
+            search.record_choice(record["output"], choice)
         return dict(self.finish(parameters, context, record), **{CHOSEN_K: k})

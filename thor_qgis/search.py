@@ -209,3 +209,18 @@ def choose_k(src: str, k_min: int = 2, k_max: int = 10, seed: int = 0, sample_si
     run.done()
     return {"k": int(best), "scores": {int(k): round(v, 6) for k, v in scores.items()},
             "sample_pixels": int(sample.shape[0]), "silhouette_pixels": int(xs.shape[0]), "valid_pixels": int(n_valid)}
+
+
+def record_choice(path: str, choice: Dict[str, Any]) -> None:
+    """Add the automatic-k choice (:func:`choose_k`) to the THOR_CONFIG record of a k-means output."""
+    import json
+
+    from .gdal_io import CONFIG_KEY, gdal
+
+    ds = gdal().Open(os.fspath(path), gdal().GA_Update)
+    record = json.loads(ds.GetMetadataItem(CONFIG_KEY) or "{}")
+    record["automatic_k"] = {"method": "highest mean silhouette (Euclidean) on a sample",
+                             **{k: v for k, v in choice.items() if k != "scores"},
+                             "scores": {str(k): v for k, v in choice["scores"].items()}}
+    ds.SetMetadataItem(CONFIG_KEY, json.dumps(record, sort_keys=True))
+    ds = None

@@ -221,8 +221,10 @@ def test_similarity_search_auto_k_and_trajectory_on_real_scene(real_grid, tmp_pa
     res = run("kmeans_clusters", {"INPUT": real_grid, "AUTO_K": True, "K_MIN": 2, "K_MAX": 5,
                                   "OUTPUT": str(tmp_path / "k.tif")})
     assert 2 <= res["CHOSEN_K"] <= 5
-    k_arr, *_ = read_raster(res["OUTPUT"])
+    k_arr, _, _, k_ds = read_raster(res["OUTPUT"])
     assert len(np.unique(k_arr)) == res["CHOSEN_K"]
+    auto = json.loads(k_ds.GetMetadataItem("THOR_CONFIG"))["automatic_k"]
+    assert auto["k"] == res["CHOSEN_K"] and set(auto["scores"]) == {"2", "3", "4", "5"}
     # three "dates": the grid, and two copies of it, the last with the left half replaced
     g_arr, gt, *_ = read_raster(real_grid)
     from tests.helpers import write_raster
@@ -240,3 +242,18 @@ def test_similarity_search_auto_k_and_trajectory_on_real_scene(real_grid, tmp_pa
     assert changed.mean() > 0.5 and (t[2, :, :18][changed] == 2).all()
     with pytest.raises(QgsProcessingException, match="at least 3"):
         run("trajectory_map", {"INPUTS": [real_grid, second], "OUTPUT": str(tmp_path / "no.tif")})
+
+
+def test_readme_classification_picture_renders_and_is_not_blank(plugin, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_classify_picture",
+                                                  ROOT / "scripts" / "render_classify_picture.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    png = str(tmp_path / "picture.png")
+    _, images = mod.make_picture(png, patch_size=16, work=str(tmp_path))
+    assert os.path.getsize(png) > 10000
+    for img in images:
+        colours = {img.pixel(x, y) for x in range(0, img.width(), 7) for y in range(0, img.height(), 7)}
+        assert len(colours) >= 3, "rendered image is blank or flat"
