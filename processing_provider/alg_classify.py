@@ -9,6 +9,7 @@ from qgis.core import (
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
+from .compat import NUMBER_INTEGER
 from .features import ALL_TOUCHED, add_labelled_params, read_labelled
 from .params import _advanced, _enum
 from .styling import attach, style_confidence, style_labelled_classes
@@ -29,16 +30,16 @@ MODEL_FILTER = "THOR model files (*.npz)"
 def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nearest neighbours)"):
     alg.addParameter(_enum(METHOD, alg.tr("Method"), methods, default))
     alg.addParameter(QgsProcessingParameterNumber(
-        K, alg.tr(k_label), QgsProcessingParameterNumber.Integer, defaultValue=5, minValue=1))
+        K, alg.tr(k_label), NUMBER_INTEGER, defaultValue=5, minValue=1))
     alg.addParameter(QgsProcessingParameterNumber(
-        FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), QgsProcessingParameterNumber.Integer,
+        FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), NUMBER_INTEGER,
         defaultValue=5, minValue=0, maxValue=50))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        SEED, alg.tr("Random seed (folds, sample limit, random forest)"), QgsProcessingParameterNumber.Integer,
+        SEED, alg.tr("Random seed (folds, sample limit, random forest)"), NUMBER_INTEGER,
         defaultValue=0, minValue=0)))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
         MAX_SAMPLES, alg.tr("Most labelled cells to fit on (a random subset beyond)"),
-        QgsProcessingParameterNumber.Integer, defaultValue=20000, minValue=10)))
+        NUMBER_INTEGER, defaultValue=20000, minValue=10)))
 
 
 def optional_path(alg, parameters, name, context) -> str:

@@ -15,21 +15,15 @@ from qgis.core import (
 
 from .analysis_common import AnalysisAlgorithm, embedding_path
 from .base import callbacks
-from .features import _DOUBLE, ALL_TOUCHED, add_labelled_params, read_labelled
+from .compat import FIELD_DOUBLE as _DOUBLE
+from .compat import FIELD_INT as _INT
+from .features import ALL_TOUCHED, add_labelled_params, read_labelled
 from .params import _enum
 
 MODE = "MODE"
 OUTPUT = "OUTPUT"
 TABLE = "TABLE"
 
-try:  # Qt 5 (QGIS 3)
-    from qgis.PyQt.QtCore import QVariant
-
-    _INT = QVariant.Int
-except AttributeError:  # Qt 6
-    from qgis.PyQt.QtCore import QMetaType
-
-    _INT = QMetaType.Type.Int
 
 
 class ExtractSamplesAlgorithm(AnalysisAlgorithm):
@@ -79,7 +73,7 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
         for n, t in extra:
             fields.append(QgsField(n, t))
         point_rows = mode == "cells"
-        geom_type = QgsWkbTypes.Point if point_rows else source.wkbType()
+        geom_type = QgsWkbTypes.Type.Point if point_rows else source.wkbType()
         sink, dest = self.parameterAsSink(parameters, OUTPUT, context, fields, geom_type,
                                           QgsCoordinateReferenceSystem.fromWkt(crs_wkt))
         if sink is None:
@@ -97,7 +91,7 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
             feat.setAttributes(list(rows[f_index]) + [
                 int(fids[f_index]), int(samples.row[i]), int(samples.col[i]), float(samples.xy[i, 0]),
                 float(samples.xy[i, 1]), int(samples.cells[i])] + [float(v) for v in samples.vectors[i]])
-            sink.addFeature(feat, QgsFeatureSink.FastInsert)
+            sink.addFeature(feat, QgsFeatureSink.Flag.FastInsert)
             if i % 256 == 0:
                 feedback.setProgress(70 + 25 * i / max(1, n))
         results = {OUTPUT: dest}

@@ -17,7 +17,10 @@ from qgis.core import (
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
-from .features import _DOUBLE, ALL_TOUCHED, LABELS, read_labelled
+from .compat import FIELD_DOUBLE as _DOUBLE
+from .compat import FIELD_INT as _INT
+from .compat import NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_ANY_GEOMETRY, SOURCE_VECTOR_POINT
+from .features import ALL_TOUCHED, LABELS, read_labelled
 from .params import _enum
 from .styling import attach, style_mask, style_similarity
 
@@ -27,14 +30,6 @@ MASK = "MASK"
 TOP_K = "TOP_K"
 TOP = "TOP"
 
-try:  # Qt 5 (QGIS 3)
-    from qgis.PyQt.QtCore import QVariant
-
-    _INT = QVariant.Int
-except AttributeError:  # Qt 6
-    from qgis.PyQt.QtCore import QMetaType
-
-    _INT = QMetaType.Type.Int
 
 
 class SimilaritySearchAlgorithm(AnalysisAlgorithm):
@@ -49,26 +44,26 @@ class SimilaritySearchAlgorithm(AnalysisAlgorithm):
             "above a similarity threshold, and the k most similar cells as points (references excluded).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        from qgis.core import QgsProcessing, QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource
+        from qgis.core import QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource
 
         self.add_input()
         self.addParameter(QgsProcessingParameterFeatureSource(
             LABELS, self.tr("Reference features (points or polygons)"),
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorLine]))
+            SOURCE_VECTOR_ANY_GEOMETRY))
         self.addParameter(QgsProcessingParameterBoolean(
             ALL_TOUCHED, self.tr("Polygons take every cell they touch"), defaultValue=True))
         self.addParameter(_enum(REFERENCE_MODE, self.tr("Compare with"), ["mean", "medoid", "max"], "mean"))
         self.addParameter(QgsProcessingParameterNumber(
-            THRESHOLD, self.tr("Similarity threshold for the mask"), QgsProcessingParameterNumber.Double,
+            THRESHOLD, self.tr("Similarity threshold for the mask"), NUMBER_DOUBLE,
             defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
             TOP_K, self.tr("Number of most similar cells to return as points (0 = none)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=1000000))
+            NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=1000000))
         self.add_output()
         self.addParameter(QgsProcessingParameterRasterDestination(
             MASK, self.tr("Mask (1 = at or above the threshold)"), optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            TOP, self.tr("Most similar cells"), QgsProcessing.TypeVectorPoint, optional=True, createByDefault=False))
+            TOP, self.tr("Most similar cells"), SOURCE_VECTOR_POINT, optional=True, createByDefault=False))
 
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import gdal_io, search
@@ -96,14 +91,14 @@ class SimilaritySearchAlgorithm(AnalysisAlgorithm):
             fields = QgsFields()
             for name, t in (("rank", _INT), ("similarity", _DOUBLE), ("row", _INT), ("col", _INT)):
                 fields.append(QgsField(name, t))
-            sink, dest = self.parameterAsSink(parameters, TOP, context, fields, QgsWkbTypes.Point,
+            sink, dest = self.parameterAsSink(parameters, TOP, context, fields, QgsWkbTypes.Type.Point,
                                               QgsCoordinateReferenceSystem.fromWkt(crs_wkt))
             if sink is not None:
                 for t in record["top"]:
                     f = QgsFeature(fields)
                     f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(t["x"], t["y"])))
                     f.setAttributes([t["rank"], t["similarity"], t["row"], t["col"]])
-                    sink.addFeature(f, QgsFeatureSink.FastInsert)
+                    sink.addFeature(f, QgsFeatureSink.Flag.FastInsert)
                 results[TOP] = dest
                 if top_k == 0:
                     feedback.pushInfo("The number of most similar cells is 0: the points layer is empty.")

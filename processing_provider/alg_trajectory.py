@@ -21,7 +21,7 @@ class TrajectoryAlgorithm(AnalysisAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            INPUTS, self.tr("Embedding rasters, in time order (at least 3, same grid)"), QgsProcessing.TypeRaster))
+            INPUTS, self.tr("Embedding rasters, in time order (at least 3, same grid)"), QgsProcessing.SourceType.TypeRaster))
         self.add_output()
 
     def execute(self, parameters, context, feedback):

@@ -125,12 +125,13 @@ ALL_TOUCHED = "ALL_TOUCHED"
 
 def add_labelled_params(alg, tr, field_label: str = "Label field", field_optional: bool = False) -> None:
     """The labelled features (points, lines or polygons), their label field, and how polygons select cells."""
-    from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource,
-                           QgsProcessingParameterField)
+    from qgis.core import QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource, QgsProcessingParameterField
+
+    from .compat import SOURCE_VECTOR_ANY_GEOMETRY
 
     alg.addParameter(QgsProcessingParameterFeatureSource(
         LABELS, tr("Labelled features (points or polygons)"),
-        [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorLine]))
+        SOURCE_VECTOR_ANY_GEOMETRY))
     alg.addParameter(QgsProcessingParameterField(
         FIELD, tr(field_label), parentLayerParameterName=LABELS, optional=field_optional))
     alg.addParameter(QgsProcessingParameterBoolean(

@@ -207,7 +207,7 @@ def style_values(layer) -> None:
     if isinstance(layer, QgsRasterLayer):
         lo, hi = layer.dataProvider().cumulativeCut(1, 0.02, 0.98, layer.extent(), 250000)
         if not hi > lo:
-            stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+            stats = layer.dataProvider().bandStatistics(1, STAT_MIN | STAT_MAX)
             lo, hi = stats.minimumValue, stats.maximumValue
         _pseudocolor(layer, float(lo), float(hi) if hi > lo else float(lo) + 1.0, "Spectral")
 

@@ -66,7 +66,7 @@ def make_picture(out_png, checkpoint=None, patch_size=8, work=None):
     for setter, band, lo, hi in ((r.setRedContrastEnhancement, 3, 650, 1600), (r.setGreenContrastEnhancement, 2, 850, 1500),
                                  (r.setBlueContrastEnhancement, 1, 1250, 1750)):
         ce = QgsContrastEnhancement(s2.dataProvider().dataType(band))
-        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
         ce.setMinimumValue(lo)
         ce.setMaximumValue(hi)
         setter(ce)
@@ -95,7 +95,7 @@ def render_layer_with(raster, points, size_px=420):
     settings.setDestinationCrs(raster.crs())
     settings.setExtent(raster.extent())
     settings.setOutputSize(QSize(size_px, size_px))
-    image = QImage(QSize(size_px, size_px), QImage.Format_ARGB32_Premultiplied)
+    image = QImage(QSize(size_px, size_px), QImage.Format.Format_ARGB32_Premultiplied)
     image.fill(QColor(255, 255, 255))
     painter = QPainter(image)
     job = QgsMapRendererCustomPainterJob(settings, painter)
