@@ -50,7 +50,7 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
 
         src = embedding_path(self, parameters, context)
         crs_wkt = gdal_io.raster_info(src).crs_wkt
-        source, _, (wkts, ids, _, names, rows, fids) = read_labelled(self, parameters, context, crs_wkt, feedback,
+        meta, _, (wkts, ids, _, names, rows, fids) = read_labelled(self, parameters, context, crs_wkt, feedback,
                                                                      need_field=False)
         progress, is_canceled, _ = callbacks(feedback, 0, 70)
         mode = self.parameterAsEnumString(parameters, MODE, context)
@@ -62,7 +62,7 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
         rows = [[r[i] for i in keep] for r in rows]
         fields = QgsFields()
         for i in keep:
-            fields.append(source.fields().at(i))
+            fields.append(meta["fields"].at(i))
         taken = set(fields.names())
         extra = [("thor_fid", _INT), ("thor_row", _INT), ("thor_col", _INT), ("thor_x", _DOUBLE),
                  ("thor_y", _DOUBLE), ("thor_cells", _INT)] + [(c, _DOUBLE) for c in samples.columns]
@@ -73,7 +73,7 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
         for n, t in extra:
             fields.append(QgsField(n, t))
         point_rows = mode == "cells"
-        geom_type = QgsWkbTypes.Type.Point if point_rows else source.wkbType()
+        geom_type = QgsWkbTypes.Type.Point if point_rows else meta["wkb_type"]
         sink, dest = self.parameterAsSink(parameters, OUTPUT, context, fields, geom_type,
                                           QgsCoordinateReferenceSystem.fromWkt(crs_wkt))
         if sink is None:

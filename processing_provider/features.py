@@ -140,15 +140,22 @@ def add_labelled_params(alg, tr, field_label: str = "Label field", field_optiona
 
 
 def read_labelled(alg, parameters, context, crs_wkt: str, feedback, need_field: bool = True):
-    """(source, field name, labelled_features(...)) for the parameters of :func:`add_labelled_params`."""
+    """({"fields": QgsFields, "wkb_type": ...}, field name, labelled_features(...)) for the parameters of
+    :func:`add_labelled_params`. The feature source is released before this returns (and if it raises):
+    a source still referenced from an exception's traceback when QGIS exits crashes the process."""
     from qgis.core import QgsProcessingException
 
     source = alg.parameterAsSource(parameters, LABELS, context)
-    if source is None:
-        raise QgsProcessingException(alg.invalidSourceError(parameters, LABELS))
-    field = alg.parameterAsString(parameters, FIELD, context)
-    if need_field and not field:
-        raise QgsProcessingException("Choose the field that holds the labels.")
-    if field and source.fields().lookupField(field) < 0:
-        raise QgsProcessingException(f"The labelled layer has no field named '{field}'.")
-    return source, field, labelled_features(source, crs_wkt, context, field, feedback)
+    try:
+        if source is None:
+            raise QgsProcessingException(alg.invalidSourceError(parameters, LABELS))
+        field = alg.parameterAsString(parameters, FIELD, context)
+        if need_field and not field:
+            raise QgsProcessingException("Choose the field that holds the labels.")
+        if field and source.fields().lookupField(field) < 0:
+            raise QgsProcessingException(f"The labelled layer has no field named '{field}'.")
+        data = labelled_features(source, crs_wkt, context, field, feedback)
+        meta = {"fields": QgsFields(source.fields()), "wkb_type": source.wkbType()}
+    finally:
+        del source
+    return meta, field, data
