@@ -91,6 +91,7 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
     k = int_arg("k (neighbours)", k, 1)
     folds = int_arg("folds", folds, 0)
     seed = seed_arg(seed)
+    max_samples = int_arg("max_samples", max_samples, 10)
     if len(geometries_wkt) != len(labels_in):
         raise ThorConfigError("one label per feature is needed")
     check_outputs(src, dst_classes, dst_confidence, report_path, model_path)
@@ -102,7 +103,7 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
     run = _Run(progress, is_canceled, (0.3, 0.4, 1.0))
     labels = normalise_labels(labels_in)
     train = training_cells(src, geometries_wkt, labels, feature_names, all_touched, block_pixels,
-                           lambda f: run.report(0, f), is_canceled, log)
+                           lambda f: run.report(0, f), is_canceled, log, max_cells=4 * max_samples, seed=seed)
     table = class_table(train.target)
     integer = all(_is_int_label(v) and 1 <= int(v) <= 65535 for v in set(train.target))
     index_of = {_label_key(t[2], integer): i for i, t in enumerate(table)}
@@ -112,7 +113,7 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
         raise ThorInputError(
             f"only one class ({table[0][1]!r}) among the labelled cells{' of field ' + label_field if label_field else ''}:"
             f" a classifier needs at least two classes")
-    keep = limit_samples(train, y, int_arg("max_samples", max_samples, 10), seed, log)
+    keep = limit_samples(train, y, max_samples, seed, log)
     if keep.size < y.size:
         train = train._replace(x=train.x[keep], target=[train.target[i] for i in keep.tolist()],
                                group=train.group[keep], flat=train.flat[keep])

@@ -70,9 +70,14 @@ def raster_fingerprint(src: str) -> Dict[str, Any]:
 def cells_under_features(src: str, geometries_wkt: Sequence[str], all_touched: bool = True,
                          labels: Optional[Sequence[Any]] = None, block_pixels: Optional[int] = None,
                          progress: ProgressFn = None, is_canceled: CancelFn = None,
-                         what: str = "labelled features") -> FeatureCells:
+                         what: str = "labelled features", max_cells: Optional[int] = None,
+                         seed: int = 0) -> FeatureCells:
     """The valid embedding cells under ``geometries_wkt`` (WKT in the raster's CRS). Errors name the
-    features by ``labels`` when given. Raises when no feature is given or none covers a valid cell."""
+    features by ``labels`` when given. Raises when no feature is given or none covers a valid cell.
+
+    ``max_cells`` bounds the cells read (and so the memory): when the features cover more, each
+    feature keeps at most q of its cells (a seeded random choice), q the largest count that keeps the
+    total within the bound, so small features stay whole and only large polygons are thinned."""
     ds, info = _open_embedding(src)
     if isinstance(geometries_wkt, str):
         geometries_wkt = [geometries_wkt]
@@ -103,6 +108,8 @@ def cells_under_features(src: str, geometries_wkt: Sequence[str], all_touched: b
         if i % 64 == 63:
             run.report(0, (i + 1) / n)
             run.check()
+    if max_cells is not None:
+        per_feature = _thin(per_feature, int(max_cells), seed)
     if len(invalid) == n:
         raise ThorInputError(f"none of the {what} has a valid, non-empty geometry")
     if len(invalid) + len(outside) == n:
@@ -127,6 +134,25 @@ def cells_under_features(src: str, geometries_wkt: Sequence[str], all_touched: b
     return FeatureCells(info=info, flat=union[valid], vectors=vectors[valid],
                         pairs_cell=new_index[inverse[keep_pair]], pairs_feature=owner[keep_pair],
                         outside=outside, nodata=nodata, invalid=invalid)
+
+
+def per_feature_quota(sizes: Sequence[int], max_cells: int) -> int:
+    """The largest q (at least 1) with sum(min(size, q)) <= ``max_cells``."""
+    s = np.sort(np.asarray(sizes, dtype=np.int64))
+    if s.size == 0 or s.sum() <= max_cells:
+        return int(s.max(initial=0))
+    cum = np.concatenate([[0], np.cumsum(s)])
+    for i in range(s.size):
+        q = (max_cells - cum[i]) // (s.size - i)
+        if q < s[i]:
+            return max(1, int(q))
+    return int(s[-1])
+
+
+def _thin(per_feature: List[np.ndarray], max_cells: int, seed: int) -> List[np.ndarray]:
+    q = per_feature_quota([a.size for a in per_feature], max_cells)
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(a, q, replace=False)) if a.size > q else a for a in per_feature]
 
 
 def read_cells(ds, info: RasterInfo, flat: np.ndarray, pixels: int, run: Optional[_Run] = None,

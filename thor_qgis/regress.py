@@ -69,6 +69,7 @@ def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequen
     k = int_arg("k (neighbours)", k, 1)
     folds = int_arg("folds", folds, 0)
     seed = seed_arg(seed)
+    max_samples = int_arg("max_samples", max_samples, 10)
     if len(geometries_wkt) != len(values_in):
         raise ThorConfigError("one value per feature is needed")
     check_outputs(src, dst, report_path, model_path)
@@ -80,8 +81,8 @@ def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequen
     fitted_on = raster_fingerprint(src)
     run = _Run(progress, is_canceled, (0.3, 0.4, 1.0))
     train = training_cells(src, geometries_wkt, values, feature_names, all_touched, block_pixels,
-                           lambda f: run.report(0, f), is_canceled, log)
-    keep = limit_samples(train, None, int_arg("max_samples", max_samples, 10), seed, log)
+                           lambda f: run.report(0, f), is_canceled, log, max_cells=4 * max_samples, seed=seed)
+    keep = limit_samples(train, None, max_samples, seed, log)
     if keep.size < len(train.target):
         train = train._replace(x=train.x[keep], target=[train.target[i] for i in keep.tolist()],
                                group=train.group[keep], flat=train.flat[keep])

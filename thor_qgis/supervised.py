@@ -38,7 +38,7 @@ class Training(NamedTuple):
 
 def training_cells(src: str, geometries_wkt: Sequence[str], values: Sequence[Any], labels: Optional[Sequence[Any]],
                    all_touched: bool, block_pixels: Optional[int], run_progress: ProgressFn, is_canceled: CancelFn,
-                   log: LogFn) -> Training:
+                   log: LogFn, max_cells: Optional[int] = None, seed: int = 0) -> Training:
     """One sample per valid cell under the features, labelled with the feature's value (already
     checked by the caller: None marks a feature without a label, which is left out)."""
     if len(values) == 0:
@@ -50,7 +50,7 @@ def training_cells(src: str, geometries_wkt: Sequence[str], values: Sequence[Any
     wkts = [geometries_wkt[i] for i in keep]
     names = [labels[i] if labels is not None else i for i in keep]
     cells = cells_under_features(src, wkts, all_touched, labels=names, block_pixels=block_pixels,
-                                 progress=run_progress, is_canceled=is_canceled)
+                                 progress=run_progress, is_canceled=is_canceled, max_cells=max_cells, seed=seed)
     kept_values = [values[i] for i in keep]
     pair_value = [kept_values[f] for f in cells.pairs_feature]
     # per cell: its label if every feature over it agrees, else a conflict

@@ -39,3 +39,20 @@ def test_cells_and_feature_means_match_the_raster(tmp_path):
         samples_export.write_csv(str(tmp_path / "t.txt"), m, [], [[], [], []], [1, 2, 3])
     with pytest.raises(ThorInputError, match="outside"):
         samples_export.extract_samples(src, ["POINT (0 0)"])
+
+
+def test_large_polygons_are_thinned_small_features_kept_whole(tmp_path):
+    from thor_qgis import labels
+
+    arr = np.random.default_rng(1).normal(size=(3, 40, 40)).astype(np.float32)
+    src = write_raster(tmp_path / "e.tif", arr, GT, epsg=32633)
+    x0, y0 = GT[0], GT[3]
+    big = f"POLYGON (({x0} {y0}, {x0 + 300} {y0}, {x0 + 300} {y0 - 300}, {x0} {y0 - 300}, {x0} {y0}))"  # 900 cells
+    small = f"POLYGON (({x0 + 351} {y0 - 351}, {x0 + 369} {y0 - 351}, {x0 + 369} {y0 - 369}, {x0 + 351} {y0 - 369}, " \
+            f"{x0 + 351} {y0 - 351}))"  # 2 x 2 cells
+    full = labels.cells_under_features(src, [big, small], all_touched=False)
+    assert np.bincount(full.pairs_feature).tolist() == [900, 4]
+    thin = labels.cells_under_features(src, [big, small], all_touched=False, max_cells=50, seed=3)
+    assert np.bincount(thin.pairs_feature).tolist() == [46, 4]
+    assert set(thin.flat.tolist()) <= set(full.flat.tolist())
+    assert labels.per_feature_quota([1, 2, 100, 1000], 50) == 23
