@@ -4,7 +4,7 @@ from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterBoolean, 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import callbacks
 from .compat import NUMBER_INTEGER
-from .params import _advanced
+from .params import _advanced, _help
 from .styling import style_classes
 
 K = "K"
@@ -33,9 +33,10 @@ class ClustersAlgorithm(AnalysisAlgorithm):
             K, self.tr("Number of classes (k)"), NUMBER_INTEGER, defaultValue=6))
         self.addParameter(QgsProcessingParameterNumber(
             SEED, self.tr("Random seed"), NUMBER_INTEGER, defaultValue=0, minValue=0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            AUTO_K, self.tr("Choose k automatically (best silhouette between the minimum and maximum k)"),
-            defaultValue=False))
+        self.addParameter(_help(QgsProcessingParameterBoolean(
+            AUTO_K, self.tr("Choose k automatically (silhouette)"), defaultValue=False),
+            self.tr("Fit k-means for every k from the minimum to the maximum (advanced parameters) and use the k "
+                    "with the highest mean silhouette on a sample; the scores are logged and recorded.")))
         self.addParameter(_advanced(QgsProcessingParameterNumber(
             K_MIN, self.tr("Automatic k: minimum"), NUMBER_INTEGER, defaultValue=2, minValue=2)))
         self.addParameter(_advanced(QgsProcessingParameterNumber(

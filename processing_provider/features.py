@@ -134,9 +134,12 @@ def add_labelled_params(alg, tr, field_label: str = "Label field", field_optiona
         SOURCE_VECTOR_ANY_GEOMETRY))
     alg.addParameter(QgsProcessingParameterField(
         FIELD, tr(field_label), parentLayerParameterName=LABELS, optional=field_optional))
-    alg.addParameter(QgsProcessingParameterBoolean(
-        ALL_TOUCHED, tr("Polygons take every cell they touch (else the cells whose centre they cover)"),
-        defaultValue=True))
+    from .params import _help
+
+    alg.addParameter(_help(QgsProcessingParameterBoolean(
+        ALL_TOUCHED, tr("Polygons take every cell they touch"), defaultValue=True),
+        tr("On: every embedding cell a polygon or line touches is a sample. Off: only the cells whose centre "
+           "it covers (polygons smaller than a cell may then select none).")))
 
 
 def read_labelled(alg, parameters, context, crs_wkt: str, feedback, need_field: bool = True):
