@@ -62,3 +62,103 @@ def status_for(valid_fraction: float) -> str:
     if valid_fraction < 1:
         return f"partial: {100 * (1 - valid_fraction):.0f}% of the square has no imagery (filled)"
     return "ok"
+
+
+def labelled_features(source, crs_wkt: str, context, field: str = "", feedback=None):
+    """The features of ``source`` with a geometry, in the CRS ``crs_wkt``: (WKT list, names ("id N") for
+    messages, values of ``field`` (None for NULL; [] when no field), attribute names, attribute rows,
+    feature ids). Features without geometry, or that cannot be transformed, are skipped (and counted
+    in the log)."""
+    transform = to_crs(source.sourceCrs(), crs_wkt, context)
+    names = source.fields().names()
+    index = source.fields().lookupField(field) if field else -1
+    wkts, ids, values, rows, fids = [], [], [], [], []
+    skipped = 0
+    for f in source.getFeatures():
+        if feedback is not None and feedback.isCanceled():
+            break
+        g = f.geometry()
+        if g is None or g.isNull() or g.isEmpty():
+            skipped += 1
+            continue
+        g = QgsGeometry(g)
+        try:
+            g.transform(transform)
+        except Exception:  # QgsCsException: a position the raster's CRS cannot hold
+            skipped += 1
+            continue
+        wkts.append(g.asWkt())
+        ids.append(f"id {f.id()}")
+        fids.append(f.id())
+        attrs = [_plain(v) for v in f.attributes()]
+        rows.append(attrs)
+        if index >= 0:
+            values.append(attrs[index])
+    if skipped and feedback is not None:
+        feedback.pushInfo(f"{skipped} feature(s) without a usable geometry were skipped.")
+    return wkts, ids, values, names, rows, fids
+
+
+def _plain(v):
+    """A QVariant-ish attribute as a plain Python value (NULL -> None; dates as ISO text)."""
+    if v is None:
+        return None
+    try:
+        if hasattr(v, "isNull") and v.isNull():
+            return None
+    except TypeError:
+        pass
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if hasattr(v, "toString"):
+        try:
+            return v.toString("yyyy-MM-ddTHH:mm:ss") if hasattr(v, "time") else v.toString("yyyy-MM-dd")
+        except TypeError:
+            return v.toString()
+    return str(v)
+
+
+LABELS = "LABELS"
+FIELD = "FIELD"
+ALL_TOUCHED = "ALL_TOUCHED"
+
+
+def add_labelled_params(alg, tr, field_label: str = "Label field", field_optional: bool = False) -> None:
+    """The labelled features (points, lines or polygons), their label field, and how polygons select cells."""
+    from qgis.core import QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource, QgsProcessingParameterField
+
+    from .compat import SOURCE_VECTOR_ANY_GEOMETRY
+
+    alg.addParameter(QgsProcessingParameterFeatureSource(
+        LABELS, tr("Labelled features (points or polygons)"),
+        SOURCE_VECTOR_ANY_GEOMETRY))
+    alg.addParameter(QgsProcessingParameterField(
+        FIELD, tr(field_label), parentLayerParameterName=LABELS, optional=field_optional))
+    from .params import _help
+
+    alg.addParameter(_help(QgsProcessingParameterBoolean(
+        ALL_TOUCHED, tr("Polygons take every cell they touch"), defaultValue=True),
+        tr("On: every embedding cell a polygon or line touches is a sample. Off: only the cells whose centre "
+           "it covers (polygons smaller than a cell may then select none).")))
+
+
+def read_labelled(alg, parameters, context, crs_wkt: str, feedback, need_field: bool = True):
+    """({"fields": QgsFields, "wkb_type": ...}, field name, labelled_features(...)) for the parameters of
+    :func:`add_labelled_params`. The feature source is released before this returns (and if it raises):
+    a source still referenced from an exception's traceback when QGIS exits crashes the process."""
+    from qgis.core import QgsProcessingException
+
+    source = alg.parameterAsSource(parameters, LABELS, context)
+    try:
+        if source is None:
+            raise QgsProcessingException(alg.invalidSourceError(parameters, LABELS))
+        field = alg.parameterAsString(parameters, FIELD, context)
+        if need_field and not field:
+            raise QgsProcessingException("Choose the field that holds the labels.")
+        if field and source.fields().lookupField(field) < 0:
+            raise QgsProcessingException(f"The labelled layer has no field named '{field}'.")
+        data = labelled_features(source, crs_wkt, context, field, feedback)
+        meta = {"fields": QgsFields(source.fields()), "wkb_type": source.wkbType()}
+    finally:
+        del source
+    return meta, field, data

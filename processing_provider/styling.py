@@ -163,3 +163,61 @@ def style_classes(layer) -> None:
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
     layer.triggerRepaint()
 
+
+
+def _config_of(layer) -> dict:
+    try:
+        from ..thor_qgis.gdal_io import read_metadata_config
+
+        return read_metadata_config(layer.source())
+    except Exception:  # not a file GDAL reads, or no THOR_CONFIG: style without names
+        return {}
+
+
+def style_labelled_classes(layer) -> None:
+    """A class raster from thor:classify / thor:apply_model: paletted, one entry per class with its
+    name (from the raster's THOR_CONFIG); without a record, like k-means classes."""
+    from qgis.core import QgsPalettedRasterRenderer
+    from qgis.PyQt.QtGui import QColor
+
+    if not isinstance(layer, QgsRasterLayer):
+        return
+    classes = _config_of(layer).get("classes") or []
+    if not classes:
+        style_classes(layer)
+        return
+    ct = layer.dataProvider().colorTable(1) if hasattr(layer.dataProvider(), "colorTable") else []
+    colours = {int(item.value): item.color for item in ct} if ct else {}
+    entries = []
+    for i, c in enumerate(classes):
+        colour = colours.get(int(c["value"])) or QColor.fromHsvF(((i * 0.618033988749895) % 1.0), 0.7, 0.9)
+        entries.append(QgsPalettedRasterRenderer.Class(int(c["value"]), colour, str(c["name"])))
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))
+    layer.triggerRepaint()
+
+
+def style_confidence(layer) -> None:
+    """Probability of the chosen class, 0..1, on a sequential ramp (bright = confident)."""
+    if isinstance(layer, QgsRasterLayer):
+        _pseudocolor(layer, 0.0, 1.0, "Viridis")
+
+
+def style_values(layer) -> None:
+    """Predicted values between their 2nd and 98th percentiles on a sequential ramp."""
+    if isinstance(layer, QgsRasterLayer):
+        lo, hi = layer.dataProvider().cumulativeCut(1, 0.02, 0.98, layer.extent(), 250000)
+        if not hi > lo:
+            stats = layer.dataProvider().bandStatistics(1, STAT_MIN | STAT_MAX)
+            lo, hi = stats.minimumValue, stats.maximumValue
+        _pseudocolor(layer, float(lo), float(hi) if hi > lo else float(lo) + 1.0, "Spectral")
+
+
+def style_mask(layer) -> None:
+    """A 0/1 mask: 1 drawn in one colour, 0 left transparent."""
+    from qgis.core import QgsPalettedRasterRenderer
+    from qgis.PyQt.QtGui import QColor
+
+    if isinstance(layer, QgsRasterLayer):
+        layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, [
+            QgsPalettedRasterRenderer.Class(1, QColor("#e31a1c"), "similar")]))
+        layer.triggerRepaint()

@@ -7,7 +7,8 @@ from qgis.core import Qgis, QgsApplication
 from tests.conftest import PLUGIN_NAME, ROOT, run_qgis_process
 
 EXPECTED_ALGORITHMS = {"grid_from_raster", "pooled_from_raster", "ee_composite", "ee_grid", "ee_pooled",
-                       "embedding_to_rgb", "similarity_map", "kmeans_clusters", "change_map"}
+                       "embedding_to_rgb", "similarity_map", "kmeans_clusters", "change_map",
+                       "classify", "regress", "apply_model", "extract_samples", "similarity_search", "trajectory_map"}
 
 
 def _metadata():

@@ -1,0 +1,105 @@
+"""Classify an embedding raster from labelled points or polygons: classes, confidence, accuracy report
+and an optional saved model."""
+from qgis.core import (
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+)
+
+from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
+from .base import callbacks
+from .compat import NUMBER_INTEGER
+from .features import ALL_TOUCHED, add_labelled_params, read_labelled
+from .params import _advanced, _enum
+from .styling import attach, style_confidence, style_labelled_classes
+
+METHOD = "METHOD"
+K = "K"
+FOLDS = "FOLDS"
+SEED = "SEED"
+MAX_SAMPLES = "MAX_SAMPLES"
+CONFIDENCE = "CONFIDENCE"
+REPORT = "REPORT"
+MODEL = "MODEL"
+ACCURACY = "OVERALL_ACCURACY"
+REPORT_FILTER = "HTML files (*.html);;Markdown files (*.md)"
+MODEL_FILTER = "THOR model files (*.npz)"
+
+
+def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nearest neighbours)"):
+    alg.addParameter(_enum(METHOD, alg.tr("Method"), methods, default))
+    alg.addParameter(QgsProcessingParameterNumber(
+        K, alg.tr(k_label), NUMBER_INTEGER, defaultValue=5, minValue=1))
+    alg.addParameter(QgsProcessingParameterNumber(
+        FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), NUMBER_INTEGER,
+        defaultValue=5, minValue=0, maxValue=50))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        SEED, alg.tr("Random seed (folds, sample limit, random forest)"), NUMBER_INTEGER,
+        defaultValue=0, minValue=0)))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        MAX_SAMPLES, alg.tr("Most labelled cells to fit on (a random subset beyond)"),
+        NUMBER_INTEGER, defaultValue=20000, minValue=10)))
+
+
+def optional_path(alg, parameters, name, context) -> str:
+    if parameters.get(name) is None:
+        return ""
+    return alg.parameterAsFileOutput(parameters, name, context) or ""
+
+
+class ClassifyAlgorithm(AnalysisAlgorithm):
+    NAME = "classify"
+    DISPLAY = "Classify from labelled features"
+    STYLE = style_labelled_classes
+    OUTPUT_LABEL = "Classes"
+    HELP = ("Maps classes over an embedding raster from a few labelled points or polygons. Every embedding cell "
+            "under a feature is a training sample with the feature's label (text or integer codes; integer codes "
+            "1 … 65535 are kept as the raster values). Methods: k-nearest neighbours by cosine similarity, "
+            "logistic regression, or random forest when scikit-learn is installed. Outputs: the class raster, a "
+            "confidence raster (probability of the chosen class), an accuracy report (HTML or Markdown) from "
+            "stratified k-fold validation that keeps each feature's cells in one fold, and optionally the fitted "
+            "model (.npz) for 'Apply a saved model'.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_input()
+        add_labelled_params(self, self.tr, "Class field")
+        add_learning_params(self, ["knn", "logistic", "random_forest"], "knn")
+        self.add_output()
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            CONFIDENCE, self.tr("Confidence (probability of the class)"), optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            REPORT, self.tr("Accuracy report"), REPORT_FILTER, optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            MODEL, self.tr("Save the fitted model"), MODEL_FILTER, optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber(ACCURACY, self.tr("Overall accuracy (k-fold)")))
+
+    def execute(self, parameters, context, feedback):
+        from ..thor_qgis import classify, gdal_io
+
+        src = embedding_path(self, parameters, context)
+        crs_wkt = gdal_io.raster_info(src).crs_wkt
+        _, field, (wkts, ids, values, *_rest) = read_labelled(self, parameters, context, crs_wkt, feedback)
+        progress, is_canceled, log = callbacks(feedback)
+        conf = self.parameterAsOutputLayer(parameters, CONFIDENCE, context) if parameters.get(CONFIDENCE) else ""
+        record = classify.classify(
+            src, self.parameterAsOutputLayer(parameters, OUTPUT, context), wkts, values, dst_confidence=conf or None,
+            method=self.parameterAsEnumString(parameters, "METHOD", context),
+            k=self.parameterAsInt(parameters, K, context), folds=self.parameterAsInt(parameters, FOLDS, context),
+            seed=self.parameterAsInt(parameters, SEED, context),
+            all_touched=self.parameterAsBool(parameters, ALL_TOUCHED, context),
+            report_path=optional_path(self, parameters, REPORT, context) or None,
+            model_path=optional_path(self, parameters, MODEL, context) or None,
+            max_samples=self.parameterAsInt(parameters, MAX_SAMPLES, context), feature_names=ids, label_field=field,
+            progress=progress, is_canceled=is_canceled, log=log)
+        self._dest = record["output"]
+        self._conf = record["confidence"]
+        acc = record["validation"].get("overall_accuracy")
+        return {OUTPUT: self._dest, CONFIDENCE: self._conf, REPORT: record["report"], MODEL: record["model"],
+                ACCURACY: acc}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
+        super().postProcessAlgorithm(context, feedback)
+        if getattr(self, "_conf", None):
+            attach(self, context, self._conf, style_confidence)
+        return {}
