@@ -26,8 +26,21 @@ def profile_dir() -> str:
 
 
 def target_dir() -> str:
-    """``$THOR_DEPS_DIR``, else ``<this profile>/python/thor_deps/py3.X``."""
-    return deps.deps_dir(profile_dir())
+    """``$THOR_DEPS_DIR``, else the folder in the provider's settings, else
+    ``<this profile>/python/thor_deps/py3.X``."""
+    import os
+
+    env = os.environ
+    if not env.get(deps.ENV_DIR, "").strip():
+        try:
+            from .processing_provider import settings
+
+            chosen = str(settings.value(settings.DEPS_DIR, "") or "").strip()
+        except Exception:  # a broken profile must not stop the plugin from loading
+            chosen = ""
+        if chosen:
+            env = dict(env, **{deps.ENV_DIR: chosen})
+    return deps.deps_dir(profile_dir(), env)
 
 
 def activate() -> Optional[str]:

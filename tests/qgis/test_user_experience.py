@@ -1,5 +1,6 @@
 """What a new user sees: outputs that load cleanly, honest styling, tags, help links, settings, messages."""
 import json
+import sys
 import os
 import time
 
@@ -319,3 +320,28 @@ def test_dialog_labels_are_short_and_the_terse_ones_have_help(plugin):
             if d.name() in ("NORMALIZATION", "DEVICE", "BATCH_SIZE", "POOLING", "BAND_MAP", "CHECKPOINT",
                             "BUFFER", "SERVICE_ACCOUNT_KEY"):
                 assert len(d.help()) > 40, f"{alg.id()} {d.name()} has no help"
+
+
+def test_packages_folder_setting_is_where_the_plugin_looks(plugin, tmp_path, monkeypatch):
+    from qgis.core import QgsSettings
+
+    from thor_embeddings import dependencies
+    from thor_embeddings.processing_provider import settings
+
+    monkeypatch.delenv("THOR_DEPS_DIR", raising=False)
+    key = settings.PREFIX + settings.DEPS_DIR
+    before = QgsSettings().value(key, None)
+    try:
+        QgsSettings().setValue(key, str(tmp_path / "deps"))
+        assert dependencies.target_dir() == str(tmp_path / "deps")
+        monkeypatch.setenv("THOR_DEPS_DIR", str(tmp_path / "env"))
+        assert dependencies.target_dir() == str(tmp_path / "env")  # the environment wins
+        QgsSettings().remove(key)
+        monkeypatch.delenv("THOR_DEPS_DIR")
+        assert dependencies.target_dir().endswith(os.path.join("python", "thor_deps",
+                                                               f"py{sys.version_info[0]}.{sys.version_info[1]}"))
+    finally:
+        if before is None:
+            QgsSettings().remove(key)
+        else:
+            QgsSettings().setValue(key, before)
