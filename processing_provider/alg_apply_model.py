@@ -2,7 +2,7 @@
 from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterRasterDestination
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
-from .base import callbacks
+from .base import GROUP_MAPPING, callbacks
 from .styling import attach, style_confidence, style_labelled_classes, style_values
 
 MODEL = "MODEL"
@@ -10,6 +10,7 @@ CONFIDENCE = "CONFIDENCE"
 
 
 class ApplyModelAlgorithm(AnalysisAlgorithm):
+    GROUP = GROUP_MAPPING
     NAME = "apply_model"
     DISPLAY = "Apply a saved model"
     OUTPUT_LABEL = "Classes or values"

@@ -8,7 +8,7 @@ from qgis.core import (
 )
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
-from .base import callbacks
+from .base import GROUP_MAPPING, callbacks
 from .compat import NUMBER_INTEGER
 from .features import ALL_TOUCHED, add_labelled_params, read_labelled
 from .params import _advanced, _enum
@@ -49,6 +49,7 @@ def optional_path(alg, parameters, name, context) -> str:
 
 
 class ClassifyAlgorithm(AnalysisAlgorithm):
+    GROUP = GROUP_MAPPING
     NAME = "classify"
     DISPLAY = "Classify from labelled features"
     STYLE = style_labelled_classes

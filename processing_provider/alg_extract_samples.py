@@ -14,7 +14,7 @@ from qgis.core import (
 )
 
 from .analysis_common import AnalysisAlgorithm, embedding_path
-from .base import callbacks
+from .base import GROUP_MAPPING, callbacks
 from .compat import FIELD_DOUBLE as _DOUBLE
 from .compat import FIELD_INT as _INT
 from .features import ALL_TOUCHED, add_labelled_params, read_labelled
@@ -27,6 +27,7 @@ TABLE = "TABLE"
 
 
 class ExtractSamplesAlgorithm(AnalysisAlgorithm):
+    GROUP = GROUP_MAPPING
     NAME = "extract_samples"
     DISPLAY = "Export training samples (embeddings under features)"
     HELP = ("Writes the embedding vectors under points, lines or polygons, with the features' attributes: one "

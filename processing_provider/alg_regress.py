@@ -4,7 +4,7 @@ from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterFileDesti
 from .alg_classify import (FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER, REPORT, REPORT_FILTER, SEED, add_learning_params,
                            optional_path)
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
-from .base import callbacks
+from .base import GROUP_MAPPING, callbacks
 from .features import ALL_TOUCHED, add_labelled_params, read_labelled
 from .styling import style_values
 
@@ -13,6 +13,7 @@ RMSE = "RMSE"
 
 
 class RegressAlgorithm(AnalysisAlgorithm):
+    GROUP = GROUP_MAPPING
     NAME = "regress"
     DISPLAY = "Regress a value from labelled features"
     STYLE = style_values

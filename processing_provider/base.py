@@ -26,6 +26,7 @@ GROUP_IMAGERY = ("imagery", "1 · Sentinel-2 imagery")
 GROUP_RASTER = ("embed_raster", "2 · Embeddings from a raster layer")
 GROUP_EE = ("embed_earthengine", "3 · Embeddings from Earth Engine")
 GROUP_ANALYSIS = ("analysis", "4 · Embedding analysis")
+GROUP_MAPPING = ("mapping", "5 · Maps from labelled features")
 
 # what users type into the toolbox's search box; every algorithm has these, plus its own TAGS
 COMMON_TAGS = ("thor", "fm4cs", "sentinel", "sentinel-2", "s2", "embedding", "embeddings", "foundation model",

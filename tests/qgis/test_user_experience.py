@@ -141,7 +141,8 @@ def test_toolbox_groups_sort_in_workflow_order(plugin):
         by_group.setdefault(alg.group(), set()).add(alg.name())
     order = sorted(by_group, key=str.lower)  # how the toolbox sorts groups
     first = {name: i for i, g in enumerate(order) for name in by_group[g]}
-    assert first["ee_composite"] < first["grid_from_raster"] < first["ee_grid"] < first["embedding_to_rgb"]
+    assert first["ee_composite"] < first["grid_from_raster"] < first["ee_grid"] < first["embedding_to_rgb"] \
+        < first["classify"]
     assert first["grid_from_raster"] == first["pooled_from_raster"]
 
 
