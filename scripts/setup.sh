@@ -103,7 +103,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || \
             pip_install --extra-index-url "${THOR_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"; } || {
             say "no CPU build of torch reachable: installing PyPI's torch (CUDA build, ~2.7 GB; runs on the CPU)"
             sed -i -E 's/^(torch==[^+ ]+)\+cpu/\1/' "$pins/constraints.txt"
-            pip_install; }
+            # its wheels are kept in a folder of our own (pip's HTTP cache is skipped by proxies that send
+            # no-store), so the next venv, here or in another checkout, does not download them again
+            wheels="${THOR_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/thor-qgis/wheels}"
+            mkdir -p "$wheels"
+            "$VENV/bin/python" -m pip download -q -d "$wheels" --find-links "$wheels" \
+                "$(grep -E '^torch==' "$pins/constraints.txt")"
+            pip_install --find-links "$wheels"; }
     fi
     echo "$want" > "$stamp"
 fi
