@@ -37,3 +37,20 @@ def epsg_of(wkt):
     srs.ImportFromWkt(wkt)
     srs.AutoIdentifyEPSG()
     return int(srs.GetAuthorityCode(None))
+
+
+def model_output_parameter(model, child_id, output_name):
+    """The name of the model's destination parameter for ``output_name`` of child ``child_id``.
+
+    QGIS 3.22 names it ``child:output``; later versions name it differently (3.40: just the output's
+    name), so it is found through the parameter's metadata where QGIS records the child and output."""
+    defs = model.destinationParameterDefinitions()
+    for d in defs:
+        md = d.metadata() or {}
+        if md.get("_modelChildId") == child_id and md.get("_modelChildOutputName") == output_name:
+            return d.name()
+    for d in defs:  # QGIS versions that record no metadata use the constructed name
+        if d.name() == f"{child_id}:{output_name}":
+            return d.name()
+    raise AssertionError(f"the model has no destination for {child_id}/{output_name}: "
+                         f"{[(d.name(), d.metadata()) for d in defs]}")

@@ -1003,8 +1003,10 @@ def kmeans_classes(src: str, dst: str, k: int, seed: int = 0, sample_size: int =
 
     run.check()
     with _writer(dst, info, 1, dtype, CLASS_NODATA, ["class"], config) as w:
-        _apply(ds, info, pixels, run, 2, w, fn, 1, np.dtype(dtype), CLASS_NODATA)
+        # the palette before any pixel: GeoTIFF's photometric tag cannot change once writing has begun
+        # (GDAL 3.10 refuses it with a TIFFSetField error; 3.6 let it pass)
         w.ds.GetRasterBand(1).SetRasterColorTable(_class_palette(k))
+        _apply(ds, info, pixels, run, 2, w, fn, 1, np.dtype(dtype), CLASS_NODATA)
     run.done()
     return dict(config, output=w.path)
 

@@ -494,7 +494,7 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError) or type(exc).__name__ in ("ServerNotFoundError",)
 
 
-_UNREADABLE_PATTERNS = re.compile(r"EOF|reading array data|pickled data|magic string|not a NPY|"
+_UNREADABLE_PATTERNS = re.compile(r"EOF|reading array data|pickled (\(object\) )?data|magic string|not a NPY|"
                                   r"failed to interpret|header|truncated|IncompleteRead|ChunkedEncoding|"
                                   r"Connection broken|invalid load key|unexpected end", re.I)
 

@@ -85,6 +85,18 @@ def transform_bounds(bounds: Bounds, src_crs: str, dst_crs: str, densify: int = 
     return float(out[:, 0].min()), float(out[:, 1].min()), float(out[:, 0].max()), float(out[:, 1].max())
 
 
+def warped_grid_bounds(bounds: Bounds, src_crs: str, dst_crs: str, scale_m: float) -> Bounds:
+    """The ``scale_m`` grid (origin on multiples of ``scale_m``) that covers ``bounds`` of ``src_crs`` once
+    transformed to ``dst_crs``: what GDAL's ``targetAlignedPixels`` asks for, computed here from densified
+    edges, because GDAL's own suggested warp extent differs between versions (3.10 moved the origin of a
+    geographic input by one pixel compared with 3.6)."""
+    xmin, ymin, xmax, ymax = transform_bounds(bounds, src_crs, dst_crs)
+    s = float(scale_m)
+    eps = 1e-6  # a coordinate within a micro-pixel of a grid line is on it
+    return (math.floor(xmin / s + eps) * s, math.floor(ymin / s + eps) * s,
+            math.ceil(xmax / s - eps) * s, math.ceil(ymax / s - eps) * s)
+
+
 def lonlat_of(x: float, y: float, crs: str) -> Tuple[float, float]:
     osr = gdal_io.osr()
     s, d = osr.SpatialReference(), osr.SpatialReference()
@@ -166,7 +178,9 @@ class RasterSource:
     def _warp(self, src):
         g = gdal_io.gdal()
         nodata = src.GetRasterBand(1).GetNoDataValue()
-        kw = dict(format="VRT", dstSRS=self.crs, xRes=self.scale_m, yRes=self.scale_m, targetAlignedPixels=True,
+        kw = dict(format="VRT", dstSRS=self.crs, xRes=self.scale_m, yRes=self.scale_m,
+                  outputBounds=warped_grid_bounds(self.source_info.bounds, self.source_info.crs_wkt, self.crs,
+                                                  self.scale_m),
                   resampleAlg="bilinear", outputType=g.GDT_Float32, dstNodata=nodata if nodata is not None else np.nan)
         return g.Warp("", src, options=g.WarpOptions(**kw))
 

@@ -321,3 +321,14 @@ def test_secrets_in_an_endpoint_url_are_redacted():
     rec = str(info.as_record())
     assert "pa55word" not in rec and "s3cr3tk3y" not in rec and "user:" not in rec
     assert "ee.example.org/api" in rec and "x=1" in rec
+
+
+def test_numpy_refusing_a_garbled_answer_counts_as_unreadable():
+    """numpy 1 and numpy 2 word the refusal differently ("pickled data" / "pickled (object) data")."""
+    import io
+
+    import numpy as np
+
+    with pytest.raises(ValueError) as e:
+        np.load(io.BytesIO(b"\x80\x04garbled answer from the service" * 8), allow_pickle=False)
+    assert ee_session.is_unreadable_answer(e.value), str(e.value)

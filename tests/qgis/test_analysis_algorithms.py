@@ -21,7 +21,7 @@ from qgis.core import (
 )
 
 from tests.conftest import FIXTURE_CKPT, ROOT, need_fixtures, run_qgis_process
-from tests.helpers import read_raster, write_raster
+from tests.helpers import model_output_parameter, read_raster, write_raster
 from tests.qgis.test_toolbox_and_modeler import child
 
 
@@ -151,8 +151,9 @@ def test_model_chains_grid_into_embedding_rgb(plugin, sample_raster, tmp_path):
     rgb.setModelOutputs({"picture": out})
     model.addChildAlgorithm(rgb)
     dest = str(tmp_path / "picture.tif")
-    res = processing.run(model, {"s2": str(sample_raster), "rgb:picture": dest})
-    assert res["rgb:picture"] == dest
+    name = model_output_parameter(model, "rgb", "picture")
+    res = processing.run(model, {"s2": str(sample_raster), name: dest})
+    assert res[name] == dest
     arr, *_ = read_raster(dest)
     assert arr.shape == (3, 36, 36)
 

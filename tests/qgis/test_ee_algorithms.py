@@ -32,7 +32,7 @@ from qgis.PyQt.QtCore import Qt
 from tests.conftest import FIXTURE_CKPT, PLUGIN_NAME, need_fixtures, run_qgis_process
 from tests.fake_ee import (DEFAULT_PROJECT, ee_env, expected_from_geotransform, fake_ee,  # noqa: F401
                            request_origin)
-from tests.helpers import epsg_of, read_raster
+from tests.helpers import epsg_of, model_output_parameter, read_raster
 from tests.qgis.test_toolbox_and_modeler import child
 
 ee = pytest.importorskip("ee")
@@ -381,8 +381,9 @@ def test_model_chains_composite_into_grid_from_raster_like_ee_grid(fake, tiny, t
     grid.setModelOutputs({"thor_grid": out_def})
     model.addChildAlgorithm(grid)
     chained = str(tmp_path / "chained.tif")
-    res = processing.run(model, {"grid:thor_grid": chained})
-    assert os.path.exists(chained) and res["grid:thor_grid"] == chained
+    name = model_output_parameter(model, "grid", "thor_grid")
+    res = processing.run(model, {name: chained})
+    assert os.path.exists(chained) and res[name] == chained
     a, gt_a, wkt_a, _ = read_raster(chained)
     assert a.shape == (192, 18, 18) and gt_a == (500000.0, 160.0, 0.0, 4000000.0, 0.0, -160.0)
     assert epsg_of(wkt_a) == 32633
