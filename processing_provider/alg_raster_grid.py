@@ -12,6 +12,7 @@ from . import params as P
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE
 from .engine_run import open_embedder, provenance, resolve_common
+from .product_input import add_product_param, input_crs, product_record, product_source_for
 from .styling import style_rgb_stretch
 
 INPUT = "INPUT"
@@ -22,7 +23,9 @@ OUTPUT = "OUTPUT"
 
 
 def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sentinel-2 raster") -> None:
-    alg.addParameter(QgsProcessingParameterRasterLayer(layer_param, tr(label)))
+    # optional: a Sentinel-2 product (next parameter) may be given instead
+    alg.addParameter(QgsProcessingParameterRasterLayer(layer_param, tr(label), optional=True))
+    add_product_param(alg, tr)
     p = QgsProcessingParameterString(BAND_MAP, tr("Band mapping"), defaultValue="", optional=True)
     P._help(p, tr("The raster's band numbers for B2 B3 B4 B5 B6 B7 B8 B8A B11 B12, comma-separated; empty: the "
                   "raster's own order (a 10-band stack). For a 12-band L2A stack (B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 "
@@ -37,6 +40,9 @@ def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sen
 def raster_source_for(alg, parameters, context, log, scale_m: float, fill_value: float, layer_param: str = INPUT):
     from ..thor_qgis.raster_source import RasterSource, parse_band_map
 
+    product = product_source_for(alg, parameters, context, log, scale_m, fill_value, layer_param)
+    if product is not None:
+        return product
     layer = alg.parameterAsRasterLayer(parameters, layer_param, context)
     if layer is None:
         raise QgsProcessingException("The raster layer could not be loaded.")
@@ -65,13 +71,13 @@ def refuse_non_imagery(layer) -> None:
         raise QgsProcessingException(f"The raster layer '{layer.name()}' cannot be used: {reason}")
 
 
-def extent_of(alg, parameters, context, layer):
-    """The extent parameter in the layer's CRS, or None for the layer's own; inverted input is refused."""
+def extent_of(alg, parameters, context, crs):
+    """The extent parameter in ``crs`` (the input's), or None for the input's own; inverted input is refused."""
     raw = parameters.get(EXTENT)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     P.refuse_inverted_extent(raw)
-    rect = alg.parameterAsExtent(parameters, EXTENT, context, layer.crs())
+    rect = alg.parameterAsExtent(parameters, EXTENT, context, crs)
     if rect.isNull():
         return None
     if not (rect.width() > 0 and rect.height() > 0):
@@ -116,7 +122,8 @@ class RasterGridAlgorithm(ThorAlgorithm):
         model, output, sensor = resolve_common(self, parameters, context, grid=True)
         layer, source = raster_source_for(self, parameters, context, feedback.pushInfo, sensor.scale_m,
                                           sensor.fill_value)
-        area = source.area(extent_of(self, parameters, context, layer), layer.crs().toWkt())
+        crs = input_crs(layer, source)
+        area = source.area(extent_of(self, parameters, context, crs), crs.toWkt())
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
         P.check_grid_size(source.layout(area, model.image_size, model.grid_side(sensor.scale_m),  # model not loaded
                                         margin=P.context_margin(self, parameters, context)), model, output,
@@ -131,7 +138,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
         progress, is_canceled, log = callbacks(steps)
         record = provenance(model, output, sensor, source={
             "kind": "raster", "path": source.path, "band_map": list(source.band_map),
-            "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled})
+            "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled, **product_record(source)})
         result = pipeline.write_grid(layout, source.tiles(layout), embedder, output.group_merge, dest,
                                      metadata=record, fill_value=sensor.fill_value, progress=progress,
                                      is_canceled=is_canceled, log=log)

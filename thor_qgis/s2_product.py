@@ -417,7 +417,7 @@ class S2ProductSource(RasterSource):
 
     def provenance(self) -> Dict[str, object]:
         return {"kind": "sentinel2_product", "path": self.path, **self.product.record(),
-                "resampled_to_scale": self.resampled}
+                "dn_offset": dict(self.offsets), "resampled_to_scale": self.resampled}
 
     def layout(self, area: Bounds, image_size: int, grid_side: int, margin: int = 0) -> TileLayout:
         """As for a raster, with the top-left corner snapped (outwards) onto the product's 20 m grid, so the
