@@ -12,7 +12,7 @@ from . import params as P
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE
 from .engine_run import open_embedder, provenance, resolve_common
-from .product_input import add_product_param, input_crs, product_record, product_source_for
+from .product_input import add_product_param, check_layer_param, input_crs, product_record, product_source_for
 from .styling import style_rgb_stretch
 
 INPUT = "INPUT"
@@ -34,7 +34,8 @@ def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sen
     alg.addParameter(P._help(QgsProcessingParameterNumber(
         DN_OFFSET, tr("Offset added to the pixel values"), NUMBER_DOUBLE, defaultValue=0.0),
         tr("Sentinel-2 L2A products of processing baseline 04.00 or later (since January 2022) store "
-           "reflectance × 10000 + 1000: use −1000 for them.")))
+           "reflectance × 10000 + 1000: use −1000 for them. Not needed for a Sentinel-2 product given as "
+           "such: its offset is read from its metadata.")))
 
 
 def raster_source_for(alg, parameters, context, log, scale_m: float, fill_value: float, layer_param: str = INPUT):
@@ -97,7 +98,10 @@ class RasterGridAlgorithm(ThorAlgorithm):
             "metres (2880 m by default) from its top-left corner. Each tile gives an n × n grid (18 × 18 at "
             "patch size 16), so output pixels are 160 m. A 10 m raster in a metric CRS is read at its own "
             "pixels; any other raster is warped to 10 m first (in the local UTM zone when not metric). "
-            "The run's configuration and the weights used are stored in the file's metadata (THOR_CONFIG).")
+            "The run's configuration and the weights used are stored in the file's metadata (THOR_CONFIG).\n\n"
+            "Instead of a raster layer, give a Sentinel-2 product as downloaded (its .zip, its .SAFE folder or "
+            "MTD_MSIL2A.xml): the ten bands are assembled at 10 m and the reflectance offset (−1000 from "
+            "processing baseline 04.00) is read from its metadata, so no band mapping or offset is needed.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add_raster_input_params(self, self.tr)
@@ -111,6 +115,8 @@ class RasterGridAlgorithm(ThorAlgorithm):
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)
+        if ok:
+            ok, msg = check_layer_param(parameters, INPUT)
         if not ok:
             return ok, msg
         return super().checkParameterValues(parameters, context)

@@ -20,6 +20,7 @@ from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE, SOURCE_VECTOR_ANY_GEOMETRY
 from .engine_run import open_embedder, resolve_common
 from .features import feature_square, output_fields, status_for, to_crs
+from .product_input import check_layer_param
 
 FEATURES = "FEATURES"
 RASTER = "INPUT"
@@ -159,7 +160,9 @@ class RasterPooledAlgorithm(ThorAlgorithm):
             "buffer around them; polygons and lines: their bounding square) and pools the tokens into one "
             "vector. The output keeps the input attributes and adds thor_model, thor_weights, thor_status and "
             "one field per embedding dimension (thor_000, …). A feature outside the raster gets a status "
-            "saying so and empty embedding fields.")
+            "saying so and empty embedding fields.\n\n"
+            "The imagery is a raster layer or a Sentinel-2 product (its .zip as downloaded, its .SAFE folder or "
+            "MTD_MSIL2A.xml), whose bands and reflectance offset are read from its metadata.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -175,6 +178,8 @@ class RasterPooledAlgorithm(ThorAlgorithm):
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)
+        if ok:
+            ok, msg = check_layer_param(parameters, RASTER)
         return (ok, msg) if not ok else super().checkParameterValues(parameters, context)
 
     def execute(self, parameters, context, feedback):

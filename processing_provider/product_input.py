@@ -14,7 +14,6 @@ Either way all ten bands are assembled from the product, and the band mapping an
 its metadata and logged (what the user typed in those parameters is not used; a different offset is
 reported).
 """
-import os
 import re
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException, QgsProcessingParameterFile
@@ -121,7 +120,14 @@ def product_record(source) -> dict:
     return source.provenance() if hasattr(source, "provenance") and getattr(source, "product", None) else {}
 
 
-def is_product_path(path) -> bool:
-    from ..thor_qgis.s2_product import looks_like_product
+def check_layer_param(parameters, layer_param):
+    """For ``checkParameterValues``: a product path typed into the raster layer parameter (QGIS cannot load a
+    zip or a folder as one layer) gets a message that says where it goes, instead of a bare refusal."""
+    from ..thor_qgis.s2_product import SUBDATASET_PREFIXES, looks_like_product
 
-    return bool(path) and looks_like_product(os.fspath(path))
+    raw = parameters.get(layer_param)
+    if isinstance(raw, str) and raw.strip() and not raw.strip().upper().startswith(SUBDATASET_PREFIXES) \
+            and looks_like_product(raw):
+        return False, (f"{raw} is a Sentinel-2 product, not a raster layer: give it as {PRODUCT} (the "
+                       "'… or a Sentinel-2 product' parameter) and leave the raster layer empty.")
+    return True, None

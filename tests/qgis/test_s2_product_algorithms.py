@@ -228,3 +228,9 @@ def test_qgis_process_on_the_safe_folder(plugin, n0400, grid_of_stack_with_manua
     assert r.returncode == 0, r.stderr + r.stdout
     assert json.loads(r.stdout)["results"]["TILES"] == 9
     np.testing.assert_allclose(read_raster(out)[0], grid_of_stack_with_manual_offset, atol=1e-5, rtol=0)
+
+
+def test_product_typed_into_the_raster_layer_parameter_says_where_it_goes(plugin, n0400, tmp_path):
+    with pytest.raises(QgsProcessingException, match="is a Sentinel-2 product, not a raster layer: give it as "
+                                                     "S2_PRODUCT"):
+        run("grid_from_raster", {"INPUT": n0400["zip"], **MODEL, "OUTPUT": str(tmp_path / "x.tif")})
