@@ -127,7 +127,7 @@ def check_layer_param(parameters, layer_param):
 
     raw = parameters.get(layer_param)
     if isinstance(raw, str) and raw.strip() and not raw.strip().upper().startswith(SUBDATASET_PREFIXES) \
-            and looks_like_product(raw):
+            and looks_like_product(raw, inspect=True):
         return False, (f"{raw} is a Sentinel-2 product, not a raster layer: give it as {PRODUCT} (the "
                        "'… or a Sentinel-2 product' parameter) and leave the raster layer empty.")
     return True, None

@@ -54,8 +54,13 @@ def _file_code(band: str) -> str:
     return band if band == "B8A" else f"B{int(band[1:]):02d}"
 
 
-def looks_like_product(path: Optional[str]) -> bool:
-    """Cheap test (no I/O beyond a stat) whether ``path`` names a Sentinel-2 product rather than a raster."""
+_PRODUCT_NAME = re.compile(r"S2[A-Z]_MSIL(1C|2A)_", re.IGNORECASE)
+
+
+def looks_like_product(path: Optional[str], inspect: bool = False) -> bool:
+    """Whether ``path`` names a Sentinel-2 product rather than a raster: by its name (a subdataset name,
+    a .SAFE folder, a product metadata file, a zip named like a product) or, with ``inspect``, a zip holding
+    a product's metadata (reads the zip's directory only)."""
     if not path:
         return False
     text = str(path).strip()
@@ -65,7 +70,15 @@ def looks_like_product(path: Optional[str]) -> bool:
     if name in METADATA_NAMES or name.upper().endswith(".SAFE"):
         return True
     if name.lower().endswith(".zip"):
-        return True
+        if _PRODUCT_NAME.match(name):
+            return True
+        if inspect and os.path.isfile(text):
+            try:
+                _metadata_in_zip(os.path.abspath(text))
+                return True
+            except ThorInputError:
+                return False
+        return False
     return os.path.isdir(text) and any(os.path.isfile(os.path.join(text, n)) for n in METADATA_NAMES)
 
 

@@ -192,3 +192,14 @@ def test_looks_like_product():
     assert sp.looks_like_product("/d/X.SAFE/MTD_MSIL1C.xml")
     assert sp.looks_like_product("SENTINEL2_L2A:/d/X.SAFE/MTD_MSIL2A.xml:10m:EPSG_32632")
     assert not sp.looks_like_product("/d/stack.tif") and not sp.looks_like_product("")
+
+
+def test_a_zip_is_a_product_by_its_name_or_its_content(tmp_path, l2a_new):
+    renamed = tmp_path / "download.zip"
+    shutil.copy(l2a_new["zip"], renamed)
+    other = tmp_path / "rasters.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("stack.tif", b"not a product")
+    assert sp.looks_like_product(l2a_new["zip"])
+    assert not sp.looks_like_product(str(renamed)) and sp.looks_like_product(str(renamed), inspect=True)
+    assert not sp.looks_like_product(str(other), inspect=True)
