@@ -23,6 +23,8 @@ from . import params as P
 PRODUCT = "S2_PRODUCT"
 BAND_MAP = "BAND_MAP"
 DN_OFFSET = "DN_OFFSET"
+NO_IMAGERY = ("Give the imagery: a Sentinel-2 raster layer, or a Sentinel-2 product (its .zip, .SAFE folder or "
+              "MTD_MSIL2A.xml).")
 _SAFE_BAND_FILE = re.compile(r"^(.*?\.SAFE)[/\\]GRANULE[/\\].*\.jp2$", re.IGNORECASE)
 
 
@@ -65,17 +67,14 @@ def product_source_for(alg, parameters, context, log, scale_m, fill_value, layer
 
     path = alg.parameterAsFile(parameters, PRODUCT, context) if alg.parameterDefinition(PRODUCT) else ""
     layer = None
-    raw = parameters.get(layer_param)
-    has_layer = raw is not None and not (isinstance(raw, str) and not raw.strip())
+    has_layer = not _empty(parameters.get(layer_param))
     if path:
         if has_layer:
             log(f"A Sentinel-2 product is given: it is used, and the raster layer parameter ({layer_param}) "
                 "is ignored.")
     else:
         if not has_layer:
-            raise QgsProcessingException(
-                "Give the imagery: a Sentinel-2 raster layer, or a Sentinel-2 product (its .zip, .SAFE folder "
-                "or MTD_MSIL2A.xml).")
+            raise QgsProcessingException(NO_IMAGERY)
         layer = alg.parameterAsRasterLayer(parameters, layer_param, context)
         if layer is None:
             return None
@@ -126,8 +125,14 @@ def check_layer_param(parameters, layer_param):
     from ..thor_qgis.s2_product import SUBDATASET_PREFIXES, looks_like_product
 
     raw = parameters.get(layer_param)
+    if _empty(raw) and _empty(parameters.get(PRODUCT)):
+        return False, NO_IMAGERY
     if isinstance(raw, str) and raw.strip() and not raw.strip().upper().startswith(SUBDATASET_PREFIXES) \
             and looks_like_product(raw, inspect=True):
         return False, (f"{raw} is a Sentinel-2 product, not a raster layer: give it as {PRODUCT} (the "
                        "'… or a Sentinel-2 product' parameter) and leave the raster layer empty.")
     return True, None
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
