@@ -422,11 +422,29 @@ class S2ProductSource(RasterSource):
                          log=log)
         self.path = info.source
         self.offsets = dict(info.offsets)
+        self._cached_row: Optional[int] = None
+        self._jp2_rows = _jp2_block_rows(info)
         log(f"Sentinel-2 product {info.product_id} ({info.level}, processing baseline "
             f"{info.processing_baseline or 'unknown'}, sensed {info.sensing_time or 'unknown'}).")
         log("Bands B2 B3 B4 B8 at 10 m and B5 B6 B7 B8A B11 B12 at 20 m (nearest neighbour onto the 10 m grid) "
             "are assembled in THOR's order; the band mapping parameter is not used.")
         log(offset_summary(info))
+
+    # JPEG 2000 files are decoded a whole JPEG 2000 tile (1024 x 1024 px in ESA's products) at a time, and
+    # a THOR tile (288 px) is smaller: releasing GDAL's cached blocks after every box, as for a raster, would
+    # decode each JPEG 2000 tile a dozen times (10 x slower reading, measured). Blocks are released instead
+    # when boxes move down to another row of JPEG 2000 tiles: memory holds about two rows of them.
+    def read_box(self, bounds: Bounds, size: int):
+        gt = self.info.geotransform
+        row = int(math.floor((gt[3] - bounds[3]) / (-gt[5] * self._jp2_rows) + 1e-9))
+        if row != self._cached_row:
+            if self._cached_row is not None:
+                super()._drop_cached_blocks()
+            self._cached_row = row
+        return super().read_box(bounds, size)
+
+    def _drop_cached_blocks(self) -> None:
+        pass  # see read_box
 
     def provenance(self) -> Dict[str, object]:
         return {"kind": "sentinel2_product", "path": self.path, **self.product.record(),
@@ -442,6 +460,17 @@ class S2ProductSource(RasterSource):
             ymax = gt[3] - math.floor((gt[3] - area[3]) / step + 1e-9) * step
             area = (xmin, area[1], area[2], ymax)
         return super().layout(area, image_size, grid_side, margin=margin)
+
+
+def _jp2_block_rows(info: ProductInfo) -> int:
+    """Height in 10 m pixels of the JPEG 2000 tiles of the product's 10 m bands (1024 if unknown)."""
+    rel = _band_file(info, "B2")
+    try:
+        ds = gdal_io.gdal().Open(f"{os.path.dirname(info.metadata)}/{rel}")
+        rows = int(ds.GetRasterBand(1).GetBlockSize()[1])
+    except (RuntimeError, AttributeError, TypeError):
+        return 1024
+    return rows if rows > 0 else 1024
 
 
 def offset_summary(info: ProductInfo) -> str:

@@ -203,3 +203,19 @@ def test_a_zip_is_a_product_by_its_name_or_its_content(tmp_path, l2a_new):
     assert sp.looks_like_product(l2a_new["zip"])
     assert not sp.looks_like_product(str(renamed)) and sp.looks_like_product(str(renamed), inspect=True)
     assert not sp.looks_like_product(str(other), inspect=True)
+
+
+def test_cached_blocks_are_released_row_by_row(l2a_new, monkeypatch):
+    """Blocks are kept while boxes stay in one row of JPEG 2000 tiles and released when they move down; the
+    pixels are the same either way."""
+    src = sp.open_product(l2a_new["zip"])
+    assert src._jp2_rows == 240  # the helper's small files are one JPEG 2000 tile
+    src._jp2_rows = 96  # pretend smaller tiles: the 48 px boxes below span three rows of them
+    flushes = []
+    monkeypatch.setattr(sp.RasterSource, "_drop_cached_blocks", lambda self: flushes.append(1))
+    layout = src.layout(src.bounds, 48, 3)
+    want = expected(l2a_new)
+    for tile, arr, _valid in src.tiles(layout):
+        c, r = int(round((tile.bounds[0] - 600000.0) / 10)), int(round((5000040.0 - tile.bounds[3]) / 10))
+        np.testing.assert_array_equal(arr, want[:, r:r + 48, c:c + 48])
+    assert len(flushes) == 2  # rows of 96 px: boxes starting at 0, 48 | 96, 144 | 192
