@@ -177,18 +177,18 @@ def make_product(folder, level: str = "L2A", baseline: str = "04.00", size10: in
             if band not in omit_files:
                 _write_jp2(os.path.join(safe, rel + ".jp2"), arr, res)
         # the auxiliary layers GDAL's driver looks for (aerosol, water vapour, scene classification,
-        # cloud and snow probabilities): constant images, so opening the product raises no warning
+        # cloud and snow probabilities): small ramps, so opening the product raises no warning
         for res in (10, 20, 60):
             n = size10 * 10 // res
             for aux in ("AOT", "WVP") + (("SCL",) if res > 10 else ()):
                 rel = f"{granule}/IMG_DATA/R{res}m/{TILE}_{date}_{aux}_{res}m"
                 image_files.append(rel)
-                _write_jp2(os.path.join(safe, rel + ".jp2"), np.full((n, n), 4, np.uint16), res)
+                _write_jp2(os.path.join(safe, rel + ".jp2"), _ramp(n, 12), res)
             if res > 10:
                 os.makedirs(os.path.join(safe, granule, "QI_DATA"), exist_ok=True)
                 for aux in ("CLDPRB", "SNWPRB"):
                     _write_jp2(os.path.join(safe, granule, "QI_DATA", f"MSK_{aux}_{res}m.jp2"),
-                               np.zeros((n, n), np.uint16), res)
+                               _ramp(n, 100), res)
     else:
         for band in ALL_BANDS:
             rel = f"{granule}/IMG_DATA/{TILE}_{date}_{band}"
@@ -216,3 +216,6 @@ def make_product(folder, level: str = "L2A", baseline: str = "04.00", size10: in
     return {"safe": safe, "zip": zpath, "mtd": mtd, "uri": uri[:-len(".SAFE")], "pixels": pixels,
             "offset": offset, "quantification": quantification}
 
+
+def _ramp(n: int, top: int) -> np.ndarray:
+    return (np.add.outer(np.arange(n), np.arange(n)) % (top + 1)).astype(np.uint16)
