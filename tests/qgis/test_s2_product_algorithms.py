@@ -216,7 +216,9 @@ def test_model_with_a_product_file_input(plugin, n0400, grid_of_stack_with_manua
     grid.setModelOutputs({"grid_out": o})
     model.addChildAlgorithm(grid)
     out = str(tmp_path / "model_grid.tif")
-    processing.run(model, {"product": n0400["zip"], "grid:grid_out": out})
+    dest = [d.name() for d in model.destinationParameterDefinitions()]  # "grid:grid_out" (3.22) or as 3.40 names it
+    assert len(dest) == 1, dest
+    processing.run(model, {"product": n0400["zip"], dest[0]: out})
     np.testing.assert_array_equal(read_raster(out)[0], grid_of_stack_with_manual_offset)
 
 
