@@ -43,8 +43,10 @@ def add_product_param(alg, tr) -> None:
 
 
 def _layer_product(layer):
-    """The product behind a raster layer's source, or None."""
-    from ..thor_qgis.s2_product import product_of_layer_source
+    """The product behind a raster layer's source (a SENTINEL2 subdataset, or a band file inside a .SAFE
+    folder, which is what QGIS 3.22 offers when a zip is dropped on the map), or None."""
+    from ..thor_qgis import gdal_io
+    from ..thor_qgis.s2_product import METADATA_NAMES, product_of_layer_source
 
     source = layer.source()
     found = product_of_layer_source(source)
@@ -52,10 +54,8 @@ def _layer_product(layer):
         return found
     m = _SAFE_BAND_FILE.match(source.split("|")[0])
     if m:
-        for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml"):
+        for name in METADATA_NAMES:
             candidate = f"{m.group(1)}/{name}"
-            from ..thor_qgis import gdal_io
-
             if gdal_io.gdal().VSIStatL(candidate) is not None:
                 return candidate
     return None

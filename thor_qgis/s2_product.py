@@ -27,7 +27,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from xml.sax.saxutils import escape
 
 from . import gdal_io
@@ -277,7 +277,8 @@ def read_product(path: str, log: Optional[Callable[[str], None]] = None) -> Prod
             f"ESA's {ESA_OFFSET:g} for baselines 04.00 and later.")
     else:
         offsets = {b: 0.0 for b in S2_BANDS}
-        source = f"none (processing baseline {baseline or 'unknown'}, before 04.00)"
+        source = (f"none (processing baseline {baseline}, before 04.00)" if baseline_num == baseline_num
+                  else "none stated (processing baseline unknown)")
     return ProductInfo(source=str(path), metadata=mtd, level=level, product_id=product_id,
                        processing_baseline=baseline,
                        sensing_time=values.get("PRODUCT_START_TIME") or values.get("DATATAKE_SENSING_START", ""),
@@ -496,6 +497,3 @@ def product_of_layer_source(source: str) -> Optional[str]:
         return text
     return None
 
-
-__all__: Sequence[str] = ("S2ProductSource", "ProductInfo", "looks_like_product", "metadata_path", "read_product",
-                          "check_complete", "band_vrt", "open_product", "product_of_layer_source", "L1C_WARNING")
