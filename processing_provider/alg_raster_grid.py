@@ -114,9 +114,9 @@ class RasterGridAlgorithm(ThorAlgorithm):
         P.add_grid_destination(self, self.tr, OUTPUT)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, msg = P.check_model_values(self, parameters, context)
+        ok, msg = check_layer_param(parameters, INPUT)  # first: a product there is a misplaced value, not a bad file
         if ok:
-            ok, msg = check_layer_param(parameters, INPUT)
+            ok, msg = P.check_model_values(self, parameters, context)
         if not ok:
             return ok, msg
         return super().checkParameterValues(parameters, context)

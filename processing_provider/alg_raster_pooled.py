@@ -177,9 +177,9 @@ class RasterPooledAlgorithm(ThorAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("EMBEDDED", self.tr("Features embedded")))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, msg = P.check_model_values(self, parameters, context)
+        ok, msg = check_layer_param(parameters, RASTER)
         if ok:
-            ok, msg = check_layer_param(parameters, RASTER)
+            ok, msg = P.check_model_values(self, parameters, context)
         return (ok, msg) if not ok else super().checkParameterValues(parameters, context)
 
     def execute(self, parameters, context, feedback):

@@ -19,6 +19,7 @@ import re
 from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException, QgsProcessingParameterFile
 
 from . import params as P
+from .compat import FILE_BEHAVIOR_FILE
 
 PRODUCT = "S2_PRODUCT"
 BAND_MAP = "BAND_MAP"
@@ -30,8 +31,7 @@ _SAFE_BAND_FILE = re.compile(r"^(.*?\.SAFE)[/\\]GRANULE[/\\].*\.jp2$", re.IGNORE
 
 def add_product_param(alg, tr) -> None:
     p = QgsProcessingParameterFile(
-        PRODUCT, tr("… or a Sentinel-2 product (.zip as downloaded, .SAFE folder or MTD_MSIL2A.xml)"),
-        behavior=QgsProcessingParameterFile.File,
+        PRODUCT, tr("… or a Sentinel-2 product (.zip, .SAFE)"), behavior=FILE_BEHAVIOR_FILE,
         fileFilter="Sentinel-2 products (*.zip *.ZIP MTD_MSIL2A.xml MTD_MSIL1C.xml);;All files (*)",
         optional=True)
     P._help(p, tr("A Sentinel-2 L2A product as downloaded from the Copernicus Data Space: its .zip, its .SAFE "

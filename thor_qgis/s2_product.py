@@ -447,6 +447,9 @@ class S2ProductSource(RasterSource):
     def _drop_cached_blocks(self) -> None:
         pass  # see read_box
 
+    def _check_offset(self, src) -> None:
+        pass  # the offsets come from the product's metadata and are applied in the virtual raster
+
     def provenance(self) -> Dict[str, object]:
         return {"kind": "sentinel2_product", "path": self.path, **self.product.record(),
                 "dn_offset": dict(self.offsets), "resampled_to_scale": self.resampled}
