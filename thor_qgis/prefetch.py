@@ -34,6 +34,39 @@ class _Failure:
         self.exc = exc
 
 
+def _put(q: "queue.Queue[object]", stop: threading.Event, item: object) -> bool:
+    """Hand ``item`` over, waiting for room; False when the reader has gone."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _work(source: Iterator, q: "queue.Queue[object]", stop: threading.Event) -> None:
+    try:
+        while not stop.is_set():
+            try:
+                item = next(source)
+            except StopIteration:
+                _put(q, stop, _DONE)
+                return
+            except BaseException as exc:  # handed to the reader, raised there
+                _put(q, stop, _Failure(exc))
+                return
+            if not _put(q, stop, item):
+                return
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+
 class ReadAhead(Generic[T]):
     """An iterator over ``source`` whose items are produced up to ``ahead`` in advance in a thread."""
 
@@ -45,41 +78,11 @@ class ReadAhead(Generic[T]):
         self._queue: "queue.Queue[object]" = queue.Queue(maxsize=self.ahead)
         self._stop = threading.Event()
         self._finished = False
-        self._thread: Optional[threading.Thread] = threading.Thread(target=self._work, name=name, daemon=True)
+        # the worker holds the queue, the flag and the source, not this object: an iterator dropped
+        # without close() is still collected, and its __del__ stops the worker
+        self._thread: Optional[threading.Thread] = threading.Thread(
+            target=_work, args=(self._source, self._queue, self._stop), name=name, daemon=True)
         self._thread.start()
-
-    # ---- worker -----------------------------------------------------------------------------
-
-    def _put(self, item: object) -> bool:
-        """Hand ``item`` over, waiting for room; False when the reader has gone."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    item = next(self._source)
-                except StopIteration:
-                    self._put(_DONE)
-                    return
-                except BaseException as exc:  # handed to the reader, raised there
-                    self._put(_Failure(exc))
-                    return
-                if not self._put(item):
-                    return
-        finally:
-            close = getattr(self._source, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    pass
 
     # ---- reader -----------------------------------------------------------------------------
 
