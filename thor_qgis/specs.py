@@ -273,6 +273,9 @@ class ModelSpec:
         object.__setattr__(self, "backend", _choice("backend", self.backend, BACKENDS))
         object.__setattr__(self, "batch_size", _batch_size(self.batch_size))
         object.__setattr__(self, "precision", _choice("precision", self.precision, PRECISIONS))
+        if self.precision == "float16" and self.device == "cpu":
+            raise ThorConfigError("precision float16 runs on a GPU only (CUDA or Apple MPS); on the CPU use "
+                                  "bfloat16 (fast on CPUs with AVX512-BF16 or AMX) or float32")
 
     @property
     def variant(self) -> ModelVariant:
