@@ -36,7 +36,8 @@ def _definitions():
                     "$THOR_CACHE_DIR wins)", "", "folder"),
         (CACHE_MAX_MB, "Earth Engine: largest size of the imagery cache in MB (oldest files removed at start; "
                        "0: no limit)", 2048, "number"),
-        (DEVICE, "Default device for the model (auto: a CUDA GPU, else Apple MPS, when PyTorch sees one)", "auto", "device"),
+        (DEVICE, "Default device for the model (auto: a CUDA GPU, else Apple MPS, when PyTorch sees one)", "auto",
+         "device"),
         (DEPS_DIR, "Folder of the plugin's own Python packages (empty: in the QGIS profile; "
                    "$THOR_DEPS_DIR wins)", "", "folder"),
     ]

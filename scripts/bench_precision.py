@@ -148,15 +148,15 @@ def main(argv=None) -> int:
     dts = [torch.float32] + [accel.DTYPES[p] for p in precisions]
     mm_wall, mm_cpu = matmul_rates(device, dts, args.matmul_size, max(3, args.runs))
     rate_of = mm_cpu if not gpu else mm_wall
-    line = ", ".join(f"{str(dt).replace('torch.', '')} {mm_wall[dt]:.0f}" + ("" if gpu else f" (CPU time: {mm_cpu[dt]:.0f})")
-                     for dt in dts)
+    line = ", ".join(f"{str(dt).replace('torch.', '')} {mm_wall[dt]:.0f}"
+                     + ("" if gpu else f" (CPU time: {mm_cpu[dt]:.0f})") for dt in dts)
     print(f"matmul {args.matmul_size}^3 GFLOP/s: {line}")
     layout = s2_layout(args.image_size, 16)
     x = torch.from_numpy(scene_batch(args.batch, args.image_size))
     clock = "CPU time" if not gpu else "wall"
-    print(f"batch {args.batch}, image {args.image_size}, {layout.num_tokens} tokens/tile; {args.runs} interleaved runs; "
-          f"ratios are medians of per-run ratios; 'frac' is the model's GFLOP/s over the same precision's matmul "
-          f"rate ({clock})")
+    print(f"batch {args.batch}, image {args.image_size}, {layout.num_tokens} tokens/tile; {args.runs} interleaved "
+          f"runs; ratios are medians of per-run ratios; 'frac' is the model's GFLOP/s over the same precision's "
+          f"matmul rate ({clock})")
     header = (f"{'model':<14}{'precision':<10}{'ms/tile wall':>13}{'ms/tile cpu':>12}{'x fp32 wall':>12}"
               f"{'x fp32 cpu':>11}{'GFLOP/s':>9}{'frac':>6}  {'tok cos min':>11}{'tok cos mean':>13}"
               f"{'pool cos min':>13}{'max abs':>9}")
@@ -186,7 +186,6 @@ def main(argv=None) -> int:
                    "  {:>11.6f}{:>13.6f}{:>13.7f}{:>9.3g}".format(*fidelity(outs[p], outs["float32"])))
             print(f"{key:<14}{p:<10}{mw * 1e3:>13.1f}{mc * 1e3:>12.1f}{rw:>12.2f}{rc:>11.2f}{gflops:>9.1f}"
                   f"{frac:>6.0%}{fid}", flush=True)
-        del enc
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"load average {load[0]:.1f} at the end")
     return 0

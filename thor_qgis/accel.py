@@ -18,7 +18,6 @@ Precision (``ModelSpec.precision``)
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from typing import Callable, Optional, Tuple
 
@@ -299,7 +298,3 @@ def mps_op_error(exc: BaseException) -> Optional[ThorBackendError]:
         f"({torch.__version__}): {text.splitlines()[0][:300]}. Update PyTorch, use device = cpu, or start "
         "QGIS with the environment variable PYTORCH_ENABLE_MPS_FALLBACK=1 so that such operations run on "
         "the CPU (slower).")
-
-
-def platform_note() -> str:
-    return f"{sys.platform}, torch {torch.__version__}"
