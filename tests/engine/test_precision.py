@@ -55,7 +55,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def batch():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(3, 10, 288, 288, generator=g)
+    return torch.randn(2, 10, 288, 288, generator=g)
 
 
 def fidelity(a: torch.Tensor, ref: torch.Tensor):
