@@ -565,8 +565,8 @@ class ThorEncoder(nn.Module):
             for band in group.bands:
                 conv = self.ind_patch_embed.patch_embed[band]
                 w = conv.weight
-                if p != REFERENCE_PATCH_SIZE:
-                    w = pi_resize_kernel(w, p, self.pinv(p))
+                if p != REFERENCE_PATCH_SIZE:  # in float64 on the CPU (MPS has no float64)
+                    w = pi_resize_kernel(w.cpu(), p, self.pinv(p)).to(w.device)
                 ws.append(w.reshape(self.embed_dim, p * p).T)
                 bs.append(conv.bias.reshape(1, self.embed_dim))
             entry = (torch.stack(ws).contiguous(), torch.stack(bs).contiguous())
@@ -588,7 +588,7 @@ class ThorEncoder(nn.Module):
         pos = patch_size_position(group.patch_size, group.gsd)
         sc = torch.from_numpy(sincos_1d(self.variant.patch_size_embed_dim, [pos])[0])
         ge = self.band_embed[f"group{group.index}"]
-        return torch.cat([sc.to(device=ge.device, dtype=dtype), ge.to(dtype)])
+        return torch.cat([sc.to(dtype).to(ge.device), ge.to(dtype)])  # cast on the CPU: MPS has no float64
 
     # ---- forward ----------------------------------------------------------------------------
 
