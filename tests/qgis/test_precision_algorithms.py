@@ -28,13 +28,15 @@ def run(alg, params, feedback=None):
 
 
 def test_parameter_is_advanced_with_the_choices(plugin):
-    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    from qgis.core import QgsApplication
+
+    from thor_embeddings.processing_provider.compat import PARAMETER_ADVANCED
 
     alg = QgsApplication.processingRegistry().algorithmById("thor:grid_from_raster")
     p = alg.parameterDefinition("PRECISION")
     assert p.options() == ["float32", "bfloat16", "float16", "auto"]
     assert p.defaultValue() == "float32"
-    assert p.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+    assert p.flags() & PARAMETER_ADVANCED
     assert "mps" in alg.parameterDefinition("DEVICE").options()
 
 
