@@ -1,7 +1,7 @@
 """Reduced precision, devices and automatic batch size.
 
-The bounds tests run the real encoder (thor_v1_tiny, seeded weights) in float32 and in bfloat16 on this
-CPU. Device and precision *selection* is tested with faked availability functions: that checks the
+The bounds tests run the real encoder (thor_v1_tiny, the tests' seeded weights and input) in float32 and
+in bfloat16 on this CPU. Device and precision *selection* is tested with faked availability functions: that checks the
 decision logic only, it is not a run on a GPU or on Apple MPS (those tests skip without the device).
 """
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from thor_qgis import accel
 from thor_qgis.encoder import ThorEncoder, s2_layout
+from tests.seeded import seeded_input, seeded_state
 from thor_qgis.errors import ThorBackendError, ThorConfigError
+from thor_qgis.preprocess import prepare_input
 from thor_qgis.specs import PRECISIONS, ModelSpec, OutputSpec, model_spec_from_env, resolved_config
 
 TOKEN_COS = 0.999  # per-token cosine similarity to float32, at least
@@ -27,23 +29,9 @@ PLAIN = "flags\t\t: fpu sse2 avx2 fma\n"
 
 
 def seeded_tiny(seed: int = 0) -> ThorEncoder:
-    """thor_v1_tiny with every weight drawn from one seeded generator (biases and LayerNorm perturbed, so a
-    dropped bias or affine would show); the fixed ALiBi slopes and group sincos are kept."""
+    """thor_v1_tiny with the tests' seeded weights (see tests/seeded.py)."""
     enc = ThorEncoder("thor_v1_tiny")
-    rng = np.random.default_rng(seed)
-    state = enc.state_dict()
-    for key, value in state.items():
-        if key == "encoder_slopes" or key.startswith("band_embed."):
-            continue
-        z = rng.standard_normal(tuple(value.shape))
-        if key.endswith(".bias"):
-            new = 0.05 * z
-        elif value.ndim == 1:
-            new = 1.0 + 0.1 * z
-        else:
-            new = 0.02 * z
-        state[key] = torch.from_numpy(new.astype(np.float32))
-    enc.load_state_dict(state)
+    enc.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state(seed).items()})
     return enc
 
 
@@ -54,8 +42,8 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def batch():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(2, 10, 288, 288, generator=g)
+    """The seeded reference input, normalised as the plugin does: [2, 10, 288, 288]."""
+    return torch.from_numpy(prepare_input(seeded_input(), "thor_stats", 288))
 
 
 def fidelity(a: torch.Tensor, ref: torch.Tensor):
@@ -84,6 +72,19 @@ def test_bfloat16_within_cosine_bounds(tiny, batch):
     assert tok >= TOKEN_COS, tok
     assert pooled >= POOLED_COS, pooled
     assert 0 < maxabs < 0.5  # reduced precision shows, and stays small (tokens are O(1..10))
+
+
+def test_bfloat16_against_the_official_float32_reference(tiny, batch):
+    """The seeded fixture: bfloat16 tokens against the official stack's float32 tokens (tests/data)."""
+    from pathlib import Path
+
+    with np.load(Path(__file__).resolve().parents[1] / "data" / "thor_v1_tiny_seed0_p16_outputs.npz") as z:
+        ref = torch.from_numpy(z["tokens_last"]).double()
+    lay = s2_layout(288, 16)
+    f32 = tiny(batch, lay).double()
+    assert float((f32 - ref).abs().max()) <= 1e-4  # float32 keeps parity
+    tok, pooled, _ = fidelity(tiny(batch, lay, precision="bfloat16").double(), ref)
+    assert tok >= TOKEN_COS and pooled >= POOLED_COS, (tok, pooled)
 
 
 def test_bfloat16_plain_and_packed_linear_paths_agree(tiny, batch, monkeypatch):
