@@ -333,3 +333,11 @@ def test_mps_runs_within_bounds(tiny, batch, precision):
     if precision == "float32":
         assert float((out - ref).abs().max()) <= 1e-3
     assert tok >= TOKEN_COS and pooled >= POOLED_COS
+
+
+def test_memory_estimate_counts_an_automatic_batch_as_four():
+    from thor_qgis.limits import estimate_model
+
+    auto = estimate_model(ModelSpec(model_key="thor_v1_base"))
+    assert auto.batch_size == 4
+    assert auto.memory_gib == estimate_model(ModelSpec(model_key="thor_v1_base", batch_size=4)).memory_gib
