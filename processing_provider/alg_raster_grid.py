@@ -123,6 +123,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
 
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import pipeline
+        from ..thor_qgis.prefetch import read_ahead
 
         steps = QgsProcessingMultiStepFeedback(2, feedback)
         model, output, sensor = resolve_common(self, parameters, context, grid=True)
@@ -145,7 +146,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
         record = provenance(model, output, sensor, source={
             "kind": "raster", "path": source.path, "band_map": list(source.band_map),
             "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled, **product_record(source)})
-        result = pipeline.write_grid(layout, source.tiles(layout), embedder, output.group_merge, dest,
+        result = pipeline.write_grid(layout, read_ahead(source.tiles(layout)), embedder, output.group_merge, dest,
                                      metadata=record, fill_value=sensor.fill_value, progress=progress,
                                      is_canceled=is_canceled, log=log)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "

@@ -30,6 +30,7 @@ NORMALIZATION = "NORMALIZATION"
 DEVICE = "DEVICE"
 BACKEND = "BACKEND"
 BATCH_SIZE = "BATCH_SIZE"
+PRECISION = "PRECISION"
 GROUP_MERGE = "GROUP_MERGE"
 POOLING = "POOLING"
 SCALE = "SCALE"
@@ -111,17 +112,24 @@ def add_model_params(alg, tr) -> None:
                                   "10000, clipped to 0 … 1. none: values passed unchanged (for inputs already "
                                   "normalised).")))
     alg.addParameter(_advanced(_enum(DEVICE, tr("Device"), specs.DEVICES, _default_device(d.device)),
-                               tr("auto: a CUDA GPU when PyTorch sees one, else the CPU. The default comes "
-                                  "from the provider's settings.")))
+                               tr("auto: a CUDA GPU when PyTorch sees one, else Apple Silicon's MPS, else the "
+                                  "CPU. The default comes from the provider's settings.")))
     alg.addParameter(_advanced(_enum(BACKEND, tr("Backend"), specs.BACKENDS, d.backend),
                                tr("builtin: the plugin's own encoder (needs only torch). terratorch: the "
                                   "official TerraTorch THOR backbone, when installed. auto: terratorch "
                                   "when importable, else builtin.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        BATCH_SIZE, tr("Tiles per batch"), NUMBER_INTEGER, defaultValue=d.batch_size,
-        minValue=1, maxValue=256),
+        BATCH_SIZE, tr("Tiles per batch (0: automatic)"), NUMBER_INTEGER, defaultValue=d.batch_size,
+        minValue=0, maxValue=256),
         tr("Tiles embedded together in one forward pass. More is faster on a GPU and needs more memory (a "
-           "base-model tile at 288 px needs about 0.2 GB); the result does not depend on it.")))
+           "base-model tile at 288 px needs about 0.2 GB); the result does not depend on it. 0: automatic, "
+           "4 on a CPU, and on a CUDA GPU as many as fit in half of its free memory (up to 64).")))
+    alg.addParameter(_advanced(_enum(PRECISION, tr("Precision"), specs.PRECISIONS, d.precision),
+                               tr("float32: exact (the default). bfloat16: about twice as fast on CPUs with "
+                                  "AVX512-BF16 or AMX and on recent GPUs; embeddings differ slightly (cosine "
+                                  "similarity to float32 above 0.999 per token). float16: GPU only. auto: your "
+                                  "opt-in to bfloat16 or float16 where the hardware runs it natively, float32 "
+                                  "elsewhere. The precision used is recorded in the output's metadata.")))
 
 
 def add_grid_output_params(alg, tr) -> None:
@@ -245,7 +253,8 @@ def model_spec(alg, parameters, context) -> specs.ModelSpec:
                    normalization=_enum_value(alg, parameters, NORMALIZATION, context),
                    device=_enum_value(alg, parameters, DEVICE, context),
                    backend=_enum_value(alg, parameters, BACKEND, context),
-                   batch_size=alg.parameterAsInt(parameters, BATCH_SIZE, context))
+                   batch_size=alg.parameterAsInt(parameters, BATCH_SIZE, context),
+                   precision=_enum_value(alg, parameters, PRECISION, context) or "float32")
 
 
 def grid_output_spec(alg, parameters, context) -> specs.OutputSpec:

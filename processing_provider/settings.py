@@ -24,7 +24,7 @@ DEPS_DIR = "THOR_DEPS_DIR"
 # is empty
 _LEGACY = {EE_PROJECT: "thor/ee_project", EE_API_URL: "thor/ee_api_url"}
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # stored as an index: append only
 
 
 def _definitions():
@@ -36,7 +36,8 @@ def _definitions():
                     "$THOR_CACHE_DIR wins)", "", "folder"),
         (CACHE_MAX_MB, "Earth Engine: largest size of the imagery cache in MB (oldest files removed at start; "
                        "0: no limit)", 2048, "number"),
-        (DEVICE, "Default device for the model (auto: a GPU when PyTorch sees one)", "auto", "device"),
+        (DEVICE, "Default device for the model (auto: a CUDA GPU, else Apple MPS, when PyTorch sees one)", "auto",
+         "device"),
         (DEPS_DIR, "Folder of the plugin's own Python packages (empty: in the QGIS profile; "
                    "$THOR_DEPS_DIR wins)", "", "folder"),
     ]

@@ -17,10 +17,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from . import accel
 from .encoder import (PRECISION_LOCK, TokenLayout, full_fp32_precision, precision_restore,
                       precision_snapshot, s2_layout)
 from .errors import ThorBackendError, ThorConfigError
-from .specs import DEVICES, ModelSpec
+from .specs import ModelSpec
 from .weights import (MODEL_CACHE, RANDOM_WEIGHTS_WARNING, LogFn, _log, load_builtin_encoder,
                       resolve_checkpoint_file, validate_checkpoint_file, weights_token)
 
@@ -47,19 +48,9 @@ TERRATORCH_MODEL_BANDS: Tuple[str, ...] = (
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
-    d = str(device if device is not None else "auto").strip().lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cpu":
-        return "cpu"
-    if d == "cuda" or d.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ThorBackendError(
-                f"device = {d} was asked for but this PyTorch ({torch.__version__}) sees no CUDA GPU; "
-                "use device = cpu or auto")
-        return d
-    raise ThorConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``mps`` (Apple Silicon), else ``cpu``; an explicit
+    ``cuda`` or ``mps`` torch cannot use is an error (see :func:`.accel.resolve_device`)."""
+    return accel.resolve_device(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,9 +136,27 @@ class Backend:
     weights: Dict[str, Any]
     warnings: List[str]
     embed_dim: int
+    precision: str = "float32"  # resolved: float32, bfloat16 or float16
 
     def tokens(self, x: np.ndarray) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _to_device(self, x: np.ndarray) -> torch.Tensor:
+        """Input on the device: on CUDA through pinned memory with a non-blocking copy."""
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if accel.device_kind(self.device) == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _run(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, NotImplementedError) as exc:
+            if accel.device_kind(self.device) == "mps":
+                clear = accel.mps_op_error(exc)
+                if clear is not None:
+                    raise clear from exc
+            raise
 
     @property
     def sides(self) -> Optional[Tuple[int, ...]]:
@@ -161,9 +170,11 @@ class Backend:
 class BuiltinBackend(Backend):
     name = "builtin"
 
-    def __init__(self, model: ModelSpec, device: str, scale_m: float = 10.0, log: LogFn = None):
+    def __init__(self, model: ModelSpec, device: str, scale_m: float = 10.0, log: LogFn = None,
+                 precision: str = "float32"):
         self.model = model
         self.device = device
+        self.precision = precision
         self.layout = s2_layout(model.image_size, model.patch_size, scale_m)
         key = (model.model_key, weights_token(model), device, model.patch_size, "builtin")
 
@@ -180,9 +191,16 @@ class BuiltinBackend(Backend):
         self.embed_dim = self.encoder.embed_dim
 
     def tokens(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        out = self.encoder(t, self.layout)
+        out = self._run(self.encoder, self._to_device(x), self.layout, precision=self.precision)
         return out.detach().to("cpu", torch.float32)
+
+    @property
+    def precision_detail(self) -> str:
+        if self.precision == "float32":
+            return "float32 matrix products at full precision (independent of torch's global setting)"
+        path = self.encoder.reduced_linear_path(accel.DTYPES[self.precision])
+        return (f"{self.precision} linear layers and attention ({path}); residual stream, LayerNorm, softmax, "
+                "patch embedding, group merge and outputs in float32")
 
 
 class TerratorchBackend(Backend):
@@ -194,12 +212,14 @@ class TerratorchBackend(Backend):
 
     name = "terratorch"
 
-    def __init__(self, model: ModelSpec, device: str, scale_m: float = 10.0, log: LogFn = None):
+    def __init__(self, model: ModelSpec, device: str, scale_m: float = 10.0, log: LogFn = None,
+                 precision: str = "float32"):
         ok, why = terratorch_status()
         if not ok:
             raise ThorBackendError(f"the terratorch backend is not available ({why}). " + TERRATORCH_INSTALL_HINT)
         self.model = model
         self.device = device
+        self.precision = precision
         self.layout = s2_layout(model.image_size, model.patch_size, scale_m)
         gc = self.layout.ground_cover_m
         key = (model.model_key, weights_token(model), device, model.patch_size, "terratorch", gc)
@@ -255,9 +275,9 @@ class TerratorchBackend(Backend):
         return net, meta, warns
 
     def tokens(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        with torch.inference_mode(), full_fp32_precision():
-            out = self.net(t)
+        t = self._to_device(x)
+        with torch.inference_mode(), full_fp32_precision(), self._autocast():
+            out = self._run(self.net, t)
         feats, channel_params = out if isinstance(out, tuple) and len(out) >= 2 else (out, None)
         if not isinstance(feats, (list, tuple)) or not feats:
             raise ThorBackendError(f"the terratorch THOR backbone returned {type(feats).__name__}, "
@@ -270,6 +290,20 @@ class TerratorchBackend(Backend):
         if sides is not None and sum(s * s for s in sides) == tok.shape[1]:
             self._sides = sides
         return tok.detach().to("cpu", torch.float32)
+
+    def _autocast(self):
+        """The official network runs as it is in float32; in a reduced precision, under torch's autocast."""
+        import contextlib
+
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(accel.device_kind(self.device), dtype=accel.DTYPES[self.precision])
+
+    @property
+    def precision_detail(self) -> str:
+        if self.precision == "float32":
+            return "float32 matrix products at full precision (independent of torch's global setting)"
+        return f"{self.precision} under torch.autocast around the official network; outputs in float32"
 
     def _sides_from(self, channel_params: Any) -> Optional[Tuple[int, ...]]:
         groups = getattr(self.net, "groups", None)
@@ -289,8 +323,9 @@ class TerratorchBackend(Backend):
         return self._sides if self._sides is not None else self.layout.sides
 
 
-def create_backend(model: ModelSpec, device: str, scale_m: float = 10.0, log: LogFn = None) -> Backend:
+def create_backend(model: ModelSpec, device: str, scale_m: float = 10.0, log: LogFn = None,
+                   precision: str = "float32") -> Backend:
     name = resolve_backend(model.backend, log)
     if name == "terratorch":
-        return TerratorchBackend(model, device, scale_m, log)
-    return BuiltinBackend(model, device, scale_m, log)
+        return TerratorchBackend(model, device, scale_m, log, precision)
+    return BuiltinBackend(model, device, scale_m, log, precision)

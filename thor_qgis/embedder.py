@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from . import outputs
+from . import accel, outputs
 from .backends import create_backend, resolve_device
 from .errors import ThorConfigError
 from .preprocess import as_bchw, normalize, resize_bilinear, sanitize
@@ -43,15 +43,22 @@ class Embedder:
         check_model(model, scale)  # tokens per tile and memory, before anything is loaded
         self.model = model
         self.scale_m = scale
-        self.batch_size = int(model.batch_size)
         self._log_fn = log
         self.device = resolve_device(model.device)
-        self._backend = create_backend(model, self.device, scale, log)
+        self.precision, precision_why = accel.resolve_precision(model.precision, self.device)
+        self._backend = create_backend(model, self.device, scale, log, self.precision)
         if getattr(self._backend, "cached", False):
             for w in self._backend.warnings:  # said when the model was loaded; say it again
                 self._log("WARNING: " + w)
         layout = self._backend.layout
         self.layout = layout
+        if model.batch_size:
+            self.batch_size, batch_why = int(model.batch_size), f"{model.batch_size} (as set)"
+        else:
+            self.batch_size, batch_why = accel.auto_batch_size(
+                self.device, layout.num_tokens, self._backend.embed_dim, model.image_size, self.precision)
+        precision_detail = getattr(self._backend, "precision_detail", self.precision)
+        self._log(f"THOR precision: {precision_why}; {precision_detail}. Tiles per batch: {batch_why}.")
         self.metadata: Dict[str, Any] = {
             "model_key": model.model_key,
             "backend": self._backend.name,
@@ -70,8 +77,10 @@ class Embedder:
             "grid_side": int(layout.max_side),
             "cls_removed": False,
             "output_tokens": "last block, before the final norm",
-            "matmul_precision": "float32 (full precision, independent of torch's global setting)",
-            "batch_size": int(model.batch_size),
+            "precision": self.precision,
+            "precision_requested": model.precision,
+            "matmul_precision": precision_detail,
+            "batch_size": int(self.batch_size),
             "warnings": list(self._backend.warnings),
         }
 
@@ -101,9 +110,9 @@ class Embedder:
 
     def tokens(self, x: np.ndarray) -> torch.Tensor:
         """Tokens [B, N, D] (CPU, float32) of raw SR input [B, 10, H, W], processed in chunks of
-        ``model.batch_size``."""
+        the batch size (``model.batch_size``, or the automatic one)."""
         arr = as_bchw(x)
-        bs = self.model.batch_size
+        bs = self.batch_size
         chunks: List[torch.Tensor] = []
         total = arr.shape[0]
         for start in range(0, total, bs):

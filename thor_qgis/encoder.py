@@ -12,8 +12,11 @@ State-dict compatible with the official checkpoints once their ``encoder.`` pref
 4. groups concatenated in group order; one 2-D ALiBi bias shared by all blocks;
 5. pre-norm ViT blocks; the output is the last block's tokens *before* the final ``norm``.
 
-Every matrix product runs at full float32 precision whatever
-``torch.set_float32_matmul_precision`` says (see :func:`full_fp32_precision`).
+In float32 (the default) every matrix product runs at full float32 precision whatever
+``torch.set_float32_matmul_precision`` says (see :func:`full_fp32_precision`). In a reduced precision
+(bfloat16, float16: see :mod:`.accel`) the blocks' linear layers and attention run in that precision from
+weights cast once, while the residual stream, LayerNorm, softmax, the patch embedding and the group merge
+stay in float32 (and, on the CPU, the ALiBi bias); outputs are float32.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import accel
 from .errors import ThorConfigError, ThorInputError
 from .specs import MODEL_VARIANTS, S2_BANDS, S2_GSD_M, S2_THOR_NAMES, ModelVariant
 
@@ -416,6 +420,37 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class _ReducedBlock:
+    """One block's linear layers in a reduced precision (see :func:`ThorEncoder.reduced_weights`).
+
+    The residual stream ``h`` stays float32: each LayerNorm runs in float32 and its output is cast to
+    the compute dtype; qkv, the attention, the projection and the MLP run in that dtype (products
+    accumulate in float32 in every kernel used); their outputs are added to ``h`` in float32.
+    """
+
+    __slots__ = ("qkv", "proj", "fc1", "fc2", "dtype")
+
+    def __init__(self, blk: "_Block", dtype: torch.dtype, pack: bool):
+        self.dtype = dtype
+        self.qkv = accel.Linear(blk.attn.qkv, dtype, pack)
+        self.proj = accel.Linear(blk.attn.proj, dtype, pack)
+        self.fc1 = accel.Linear(blk.mlp.fc1, dtype, pack)
+        self.fc2 = accel.Linear(blk.mlp.fc2, dtype, pack)
+
+    def __call__(self, h: torch.Tensor, blk: "_Block", mask: torch.Tensor, num_heads: int,
+                 in_place: bool = True) -> torch.Tensor:
+        b, n, c = h.shape
+        n1, n2 = blk.norm1, blk.norm2
+        y = F.layer_norm(h, (c,), n1.weight, n1.bias, n1.eps).to(self.dtype)
+        q, k, v = self.qkv(y).view(b, n, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = self.proj(o.transpose(1, 2).reshape(b, n, c))
+        h = h.add_(a) if in_place else h + a
+        y = F.layer_norm(h, (c,), n2.weight, n2.bias, n2.eps).to(self.dtype)
+        m = self.fc2(self.fc1(y, gelu=True))
+        return h.add_(m) if in_place else h + m
+
+
 class _IndPatchEmbed(nn.Module):
     """Holds ``patch_embed.<band>`` 16×16 conv kernels for all 46 bands (checkpoint layout)."""
 
@@ -464,6 +499,8 @@ class ThorEncoder(nn.Module):
         self._kernel_cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._pinv_cache: Dict[int, torch.Tensor] = {}
         self._bias_cache: Dict[tuple, torch.Tensor] = {}
+        self._reduced_cache: Dict[tuple, list] = {}
+        self._fp32_mask_ok = True
         self._state_version = 0
 
     # ---- initialisation / caches --------------------------------------------------------
@@ -494,6 +531,7 @@ class ThorEncoder(nn.Module):
         with self._cache_lock:
             self._kernel_cache.clear()
             self._bias_cache.clear()
+            self._reduced_cache.clear()
             self._state_version += 1
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):  # type: ignore[override]
@@ -527,8 +565,8 @@ class ThorEncoder(nn.Module):
             for band in group.bands:
                 conv = self.ind_patch_embed.patch_embed[band]
                 w = conv.weight
-                if p != REFERENCE_PATCH_SIZE:
-                    w = pi_resize_kernel(w, p, self.pinv(p))
+                if p != REFERENCE_PATCH_SIZE:  # in float64 on the CPU (MPS has no float64)
+                    w = pi_resize_kernel(w.cpu(), p, self.pinv(p)).to(w.device)
                 ws.append(w.reshape(self.embed_dim, p * p).T)
                 bs.append(conv.bias.reshape(1, self.embed_dim))
             entry = (torch.stack(ws).contiguous(), torch.stack(bs).contiguous())
@@ -550,7 +588,7 @@ class ThorEncoder(nn.Module):
         pos = patch_size_position(group.patch_size, group.gsd)
         sc = torch.from_numpy(sincos_1d(self.variant.patch_size_embed_dim, [pos])[0])
         ge = self.band_embed[f"group{group.index}"]
-        return torch.cat([sc.to(device=ge.device, dtype=dtype), ge.to(dtype)])
+        return torch.cat([sc.to(dtype).to(ge.device), ge.to(dtype)])  # cast on the CPU: MPS has no float64
 
     # ---- forward ----------------------------------------------------------------------------
 
@@ -580,10 +618,47 @@ class ThorEncoder(nn.Module):
             tokens.append(emb.add_(aux))
         return torch.cat(tokens, dim=1)
 
+    def reduced_weights(self, dtype: torch.dtype) -> List["_ReducedBlock"]:
+        """The blocks' linear layers cast once to ``dtype`` (bfloat16 on the CPU: packed for oneDNN
+        where torch has it), cached per dtype and device until the weights change."""
+        dev = self.encoder_slopes.device
+        key = (dtype, str(dev))
+        with self._cache_lock:
+            hit = self._reduced_cache.get(key)
+            if hit is None:
+                pack = dev.type == "cpu" and dtype == torch.bfloat16 and accel.onednn_packed_linear_ok()[0]
+                hit = [_ReducedBlock(blk, dtype, pack) for blk in self.blocks]
+                self._reduced_cache[key] = hit
+            return hit
+
+    def reduced_linear_path(self, dtype: torch.dtype) -> str:
+        """How the linear layers run in ``dtype`` on this encoder's device (for the run's record)."""
+        dev = self.encoder_slopes.device
+        if dev.type == "cpu" and dtype == torch.bfloat16:
+            return accel.onednn_packed_linear_ok()[1]
+        return f"{str(dtype).replace('torch.', '')} linear on {dev.type}"
+
+    def _mask_for(self, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The ALiBi bias as the attention takes it in a reduced precision: float32 on the CPU (its fused
+        kernel adds a float32 mask to float32 scores; measured: half the attention error of a bfloat16
+        mask), the compute dtype on a GPU (what the fused GPU kernels accept)."""
+        if bias.device.type == "cpu" and self._fp32_mask_ok:
+            return bias
+        key = ("mask", dtype, bias.data_ptr(), tuple(bias.shape))
+        with self._cache_lock:
+            hit = self._bias_cache.get(key)
+            if hit is None:
+                hit = bias.to(dtype)
+                self._bias_cache[key] = hit
+            return hit
+
     def forward(self, x: torch.Tensor, layout: TokenLayout, apply_norm: bool = False,
-                intermediates: Optional[Dict[str, object]] = None) -> torch.Tensor:
+                intermediates: Optional[Dict[str, object]] = None, precision: str = "float32") -> torch.Tensor:
         if x.ndim != 4:
             raise ThorInputError(f"encoder input must be [B, C, H, W], got shape {tuple(x.shape)}")
+        if precision not in accel.DTYPES:
+            raise ThorConfigError(f"encoder precision must be one of {', '.join(accel.DTYPES)}, got {precision!r}")
+        dtype = accel.DTYPES[precision]
         with torch.inference_mode(), full_fp32_precision():
             x = x.to(device=self.encoder_slopes.device, dtype=torch.float32)
             h = self.embed(x, layout, intermediates)
@@ -592,10 +667,26 @@ class ThorEncoder(nn.Module):
                 intermediates["tokens_embed"] = h
                 intermediates["alibi"] = bias[0]
                 intermediates["tokens_per_layer"] = []
-            for blk in self.blocks:
-                h = blk(h, bias)
-                if intermediates is not None:
-                    intermediates["tokens_per_layer"].append(h)
+            if dtype == torch.float32:
+                for blk in self.blocks:
+                    h = blk(h, bias)
+                    if intermediates is not None:
+                        intermediates["tokens_per_layer"].append(h)
+            else:
+                reduced = self.reduced_weights(dtype)
+                mask = self._mask_for(bias, dtype)
+                for blk, rb in zip(self.blocks, reduced):
+                    try:
+                        h = rb(h, blk, mask, self.num_heads, in_place=intermediates is None)
+                    except RuntimeError:
+                        if mask.dtype == dtype or mask.device.type != "cpu":
+                            raise
+                        # an older torch whose attention wants the mask in the query's dtype
+                        self._fp32_mask_ok = False
+                        mask = self._mask_for(bias, dtype)
+                        h = rb(h, blk, mask, self.num_heads, in_place=intermediates is None)
+                    if intermediates is not None:
+                        intermediates["tokens_per_layer"].append(h)
             if apply_norm:
                 h = self.norm(h)
             return h

@@ -85,7 +85,7 @@ def estimate_model(model: ModelSpec, scale_m: float = 10.0) -> ModelEstimate:
     and the activations and weights (small beside them past a few thousand tokens)."""
     v = MODEL_VARIANTS[model.model_key]
     n = tokens_per_tile(model.image_size, model.patch_size, scale_m)
-    b = int(model.batch_size)
+    b = int(model.batch_size) or 4  # 0 is automatic: 4 on a CPU (on a GPU, fitted to its free memory)
     h = v.num_heads
     bias_build = n * n * (16 + 8 + 8 * h + 4 * h)
     attention = 2 * b * h * n * n * 4 + n * n * h * 4

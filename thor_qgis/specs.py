@@ -68,7 +68,10 @@ GROUP_MERGES = ("mean", "sum", "concat")
 POOLINGS = ("mean", "max")
 OUTPUT_KINDS = ("pooled", "grid")
 COMPOSITES = ("median", "mean", "min", "max", "mosaic")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Numeric precision of the encoder (see :mod:`.precision`): float32 is exact; auto opts in to a reduced
+#: precision where the hardware runs it natively (never chosen unless asked for).
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 BACKENDS = ("auto", "builtin", "terratorch")
 WEIGHT_SOURCES = ("hub", "checkpoint", "random")
 
@@ -98,6 +101,20 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not fv == fv or fv != int(fv) or fv <= 0:
         raise ThorConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(fv)
+
+
+def _batch_size(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    try:
+        if not isinstance(value, bool) and float(value) == 0:
+            return 0
+    except (TypeError, ValueError):
+        pass
+    try:
+        return _positive_int("batch size", value)
+    except ThorConfigError:
+        raise ThorConfigError(f"batch size must be a positive integer, or 0 for automatic, got {value!r}") from None
 
 
 def _parse_bool(name: str, value: Any) -> bool:
@@ -223,7 +240,8 @@ class ModelSpec:
     normalization: str = "thor_stats"
     device: str = "auto"
     backend: str = "auto"
-    batch_size: int = 4
+    batch_size: int = 0  # 0: automatic (4 on a CPU, from free memory on a CUDA GPU)
+    precision: str = "float32"
 
     def __post_init__(self):
         key = str(self.model_key).strip().lower()
@@ -253,7 +271,11 @@ class ModelSpec:
         object.__setattr__(self, "normalization", _choice("normalization", self.normalization, NORMALIZATIONS))
         object.__setattr__(self, "device", _choice("device", self.device, DEVICES))
         object.__setattr__(self, "backend", _choice("backend", self.backend, BACKENDS))
-        object.__setattr__(self, "batch_size", _positive_int("batch size", self.batch_size))
+        object.__setattr__(self, "batch_size", _batch_size(self.batch_size))
+        object.__setattr__(self, "precision", _choice("precision", self.precision, PRECISIONS))
+        if self.precision == "float16" and self.device == "cpu":
+            raise ThorConfigError("precision float16 runs on a GPU only (CUDA or Apple MPS); on the CPU use "
+                                  "bfloat16 (fast on CPUs with AVX512-BF16 or AMX) or float32")
 
     @property
     def variant(self) -> ModelVariant:
@@ -275,7 +297,8 @@ def model_spec_from_env(env: Optional[Mapping[str, str]] = None, **explicit: Any
     Returns the spec and a dict naming where each value came from ("explicit", "env:NAME", "default").
 
     Environment variables read: MODEL_KEY, CKPT (a local checkpoint path; implies weights=checkpoint),
-    PRETRAINED (false → random weights), IMG, PATCH_SIZE, NORMALIZE.
+    PRETRAINED (false → random weights), IMG, PATCH_SIZE, NORMALIZE, PRECISION (setting it to auto or a
+    reduced precision is an opt-in, like choosing it in the algorithm).
     GROUP_MERGE and FETCH_WORKERS belong to the output and fetch settings: see :func:`env_default`.
     """
     env = os.environ if env is None else env
@@ -286,6 +309,7 @@ def model_spec_from_env(env: Optional[Mapping[str, str]] = None, **explicit: Any
         "image_size": "IMG",
         "patch_size": "PATCH_SIZE",
         "normalization": "NORMALIZE",
+        "precision": "PRECISION",
     }
     for fld, var in env_map.items():
         if explicit.get(fld) is not None:

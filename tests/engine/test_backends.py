@@ -50,13 +50,15 @@ def test_terratorch_absent_is_a_clear_error(fresh_status, tiny_ckpt, clean_model
 def test_invalid_backend_and_device():
     with pytest.raises(ThorConfigError, match="auto, builtin, terratorch"):
         resolve_backend("onnx")
-    with pytest.raises(ThorConfigError, match="auto, cpu, cuda"):
+    with pytest.raises(ThorConfigError, match="auto, cpu, cuda, mps"):
         resolve_device("tpu")
 
 
 def test_device_resolution():
     assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    from thor_qgis.accel import mps_available
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ThorBackendError, match="no CUDA GPU"):
             resolve_device("cuda")
