@@ -133,7 +133,7 @@ def _without_system_packages(names) -> str:
     return str(folder)
 
 
-def run_qgis_process(*args, env_extra=None, timeout=600, use_venv=True):
+def run_qgis_process(*args, env_extra=None, timeout=600, use_venv=True, hide_system=("torch",)):
     env = dict(os.environ)
     env.pop("QT_QPA_PLATFORM", None)
     if not use_venv:
@@ -142,7 +142,12 @@ def run_qgis_process(*args, env_extra=None, timeout=600, use_venv=True):
         # process: a sitecustomize on PYTHONPATH marks it as absent (sys.modules["torch"] = None makes
         # both `import torch` and importlib.util.find_spec("torch") say so).
         env["THOR_NO_VENV"] = "1"
-        env["PYTHONPATH"] = _without_system_packages(("torch",))
+        # (hide_system=() keeps them: a run that brings its own packages, e.g. through $THOR_DEPS_DIR, which
+        # goes in front of the system's anyway)
+        if hide_system:
+            env["PYTHONPATH"] = _without_system_packages(tuple(hide_system))
+        else:
+            env.pop("PYTHONPATH", None)
     env.update(env_extra or {})
     return subprocess.run([str(QGIS_PROCESS), *args], capture_output=True, text=True, env=env, timeout=timeout)
 

@@ -61,7 +61,7 @@ def test_qgis_process_without_the_venv_uses_the_installed_folder(installed, samp
     target, site, _marker, _out = installed
     out = tmp_path / "grid.tif"
     r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"INPUT={sample_raster}", f"OUTPUT={out}",
-                         "MODEL_KEY=thor_v1_tiny", "PRETRAINED=false", use_venv=False,
+                         "MODEL_KEY=thor_v1_tiny", "PRETRAINED=false", use_venv=False, hide_system=(),
                          env_extra={"THOR_DEPS_DIR": str(target)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["results"]["BANDS"] == 192
