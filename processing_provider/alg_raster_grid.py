@@ -12,6 +12,7 @@ from . import params as P
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE
 from .engine_run import open_embedder, provenance, resolve_common
+from .grid_plan import add_dry_run_param, add_plan_outputs, is_dry_run, log_plan, make_plan, plan_outputs
 from .styling import style_rgb_stretch
 
 INPUT = "INPUT"
@@ -87,11 +88,22 @@ class RasterGridAlgorithm(ThorAlgorithm):
     REQUIRES = ("osgeo", "torch")
     HELP = ("Runs THOR on a Sentinel-2 surface reflectance raster and writes its token grid as a georeferenced "
             "GeoTIFF: one float32 band per embedding channel (thor_000, thor_001, …).\n\n"
-            "The area (the layer's extent, or the extent given) is cut into tiles of image size × pixel size "
-            "metres (2880 m by default) from its top-left corner. Each tile gives an n × n grid (18 × 18 at "
-            "patch size 16), so output pixels are 160 m. A 10 m raster in a metric CRS is read at its own "
-            "pixels; any other raster is warped to 10 m first (in the local UTM zone when not metric). "
-            "The run's configuration and the weights used are stored in the file's metadata (THOR_CONFIG).")
+            "Tiles are image size × pixel size metres (2880 m by default) and give an n × n grid each (18 × 18 "
+            "at patch size 16), so output pixels are 160 m. They sit on a grid fixed in the raster's CRS "
+            "(multiples of the tile step from its origin), not on the extent you choose: the same place gets "
+            "the same embedding whatever the extent, and runs over adjacent extents mosaic to the pixel. The "
+            "output covers the extent (the layer's, or the one given), snapped outwards to whole output pixels.\n\n"
+            "Tile edges (advanced): blend (default) overlaps tiles by twice the margin and writes each pixel as "
+            "the weighted mean of the tiles covering it, weights falling towards tile edges, so there is no hard "
+            "step between tiles; crop keeps only the centres of the same overlapping tiles; none puts tiles side "
+            "by side (fewest tiles, visible steps). On the bundled sample, blend and crop cost the same tiles "
+            "and blend leaves the smallest steps (see the README's seam table).\n\n"
+            "Before loading the model the run logs its plan: tiles, token grid, output size, estimated time. "
+            "Dry run (advanced) stops there and returns the plan as outputs. The progress bar counts tiles "
+            "embedded and written, and says how long is left.\n\n"
+            "A 10 m raster in a metric CRS is read at its own pixels; any other raster is warped to 10 m first "
+            "(in the local UTM zone when not metric). The run's configuration and the weights used are stored "
+            "in the file's metadata (THOR_CONFIG).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add_raster_input_params(self, self.tr)
@@ -100,8 +112,10 @@ class RasterGridAlgorithm(ThorAlgorithm):
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
+        add_dry_run_param(self, self.tr)
         P.add_scale_fill_params(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
+        add_plan_outputs(self, self.tr)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)
@@ -117,14 +131,26 @@ class RasterGridAlgorithm(ThorAlgorithm):
         layer, source = raster_source_for(self, parameters, context, feedback.pushInfo, sensor.scale_m,
                                           sensor.fill_value)
         area = source.area(extent_of(self, parameters, context, layer), layer.crs().toWkt())
+        seams, margin = P.seams(self, parameters, context), P.context_margin(self, parameters, context)
+
+        def layout_for(grid_side):
+            return source.layout(area, model.image_size, grid_side, margin=margin, seams=seams)
+
+        # the plan, before the model is loaded (the specification gives the token grid)
+        layout = layout_for(model.grid_side(sensor.scale_m))
+        plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
+        log_plan(feedback, plan)
+        if is_dry_run(self, parameters, context):
+            feedback.pushInfo("Dry run: nothing was loaded, read or written.")
+            return plan_outputs(plan)
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
         P.check_grid_size(source.layout(area, model.image_size, model.grid_side(sensor.scale_m),  # model not loaded
                                         margin=P.context_margin(self, parameters, context)), model, output,
                           sensor.scale_m, hint="Check the extent and its CRS. ")
         embedder = open_embedder(model, sensor.scale_m, steps)
-        # the model knows its token grid (it depends on image size, patch size and scale)
-        layout = source.layout(area, model.image_size, embedder.grid_side(),
-                               margin=P.context_margin(self, parameters, context))
+        if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
+            layout = layout_for(embedder.grid_side())
+            plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}); output pixels {layout.output_pixel_size():g} m.")
         steps.setCurrentStep(1)
@@ -134,9 +160,9 @@ class RasterGridAlgorithm(ThorAlgorithm):
             "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled})
         result = pipeline.write_grid(layout, source.tiles(layout), embedder, output.group_merge, dest,
                                      metadata=record, fill_value=sensor.fill_value, progress=progress,
-                                     is_canceled=is_canceled, log=log)
+                                     is_canceled=is_canceled, log=log, progress_text=steps.setProgressText)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest
-        return {OUTPUT: dest, "WIDTH": result.width, "HEIGHT": result.height, "BANDS": result.band_count,
-                "TILES": result.tiles}
+        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+                    BANDS=result.band_count, TILES=result.tiles)
