@@ -27,7 +27,6 @@ from qgis.core import (
     QgsSettings,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt
 
 from tests.conftest import FIXTURE_CKPT, PLUGIN_NAME, need_fixtures, run_qgis_process
 from tests.fake_ee import (DEFAULT_PROJECT, ee_env, expected_from_geotransform, fake_ee,  # noqa: F401
