@@ -344,3 +344,27 @@ def test_context_margin_out_of_range_is_refused_before_running(plugin, fixture_r
         run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "SEAMS": seams, "CONTEXT_MARGIN": margin,
                                  "OUTPUT": str(tmp_path / "m.tif")})
     assert not list(tmp_path.iterdir())
+
+
+def test_dry_run_writes_nothing_and_plans_the_run(plugin, sample_raster, tmp_path):
+    params = {"INPUT": str(sample_raster), **TINY, "OUTPUT": str(tmp_path / "planned.tif")}
+    plan = run("grid_from_raster", {**params, "DRY_RUN": True})
+    assert list(tmp_path.iterdir()) == [] and "OUTPUT" not in plan
+    assert plan["PLAN"].startswith(f"Plan: {plan['TILES']} tile(s) of 2880 m")
+    assert plan["OUTPUT_BYTES"] == 36 * 36 * 192 * 4 and plan["ESTIMATED_SECONDS"] > 0
+    assert plan["EE_REQUESTS"] == 0
+    res = run("grid_from_raster", params)
+    assert (res["TILES"], res["WIDTH"], res["HEIGHT"], res["BANDS"]) == \
+        (plan["TILES"], plan["WIDTH"], plan["HEIGHT"], plan["BANDS"])
+    assert os.path.exists(res["OUTPUT"])
+
+
+def test_qgis_process_dry_run(plugin, sample_raster, tmp_path):
+    out = tmp_path / "never.tif"
+    r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"INPUT={sample_raster}",
+                         "MODEL_KEY=thor_v1_large", "PRETRAINED=false", "DRY_RUN=true", f"OUTPUT={out}")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"]
+    assert res["TILES"] == 20 and (res["WIDTH"], res["HEIGHT"], res["BANDS"]) == (36, 36, 1024)
+    assert "Plan: 20 tile(s)" in res["PLAN"] and res["ESTIMATED_SECONDS"] > 0
+    assert not out.exists() and list(tmp_path.iterdir()) == []
