@@ -1,7 +1,6 @@
 """THOR grid from Earth Engine imagery: the token-grid GeoTIFF of grid_from_raster, for an extent or a point."""
 from qgis.core import (
     QgsProcessingException,
-    QgsProcessingMultiStepFeedback,
     QgsProcessingParameterExtent,
     QgsProcessingParameterPoint,
 )
@@ -107,7 +106,6 @@ class EEGridAlgorithm(ThorAlgorithm):
         if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
             self.prepareAlgorithm(parameters, context, feedback)
         area = self._area.get()
-        steps = QgsProcessingMultiStepFeedback(2, feedback)
         model, output, sensor = resolve_common(self, parameters, context, grid=True, earth_engine=True)
         temporal = P.temporal_spec(self, parameters, context)
         workers = ee_fetch.clamp_workers(self.parameterAsInt(parameters, P.FETCH_WORKERS, context))
@@ -143,18 +141,17 @@ class EEGridAlgorithm(ThorAlgorithm):
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
 
         # the session first: a missing project or credentials is reported before the model is loaded
-        session = E.open_session(cfg, steps)
+        session = E.open_session(cfg, feedback)
         # keep the process-wide Earth Engine client on this project until the run ends
         self.hold(ee_session.session_in_use(session))
-        embedder = open_embedder(model, sensor.scale_m, steps)
+        embedder = open_embedder(model, sensor.scale_m, feedback)
         if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
             layout = layout_for(embedder.grid_side())
             plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}) in {crs}; output from ({layout.origin_x:.1f}, {layout.origin_y:.1f}), "
                           f"pixels {layout.output_pixel_size():g} m; {workers} parallel request(s).")
-        steps.setCurrentStep(1)
-        progress, is_canceled, log = callbacks(steps)
+        progress, is_canceled, log = callbacks(feedback)  # the bar counts tiles; loading says what it does
         area_rec = dict(area.as_record(), utm_bounds=list(bounds), utm_crs=crs)
         if half is not None:
             area_rec["buffer_m"] = half
@@ -167,7 +164,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         try:
             result = pipeline.write_grid(layout, tiles, embedder, output.group_merge, dest, metadata=record,
                                          fill_value=sensor.fill_value, progress=progress,
-                                         is_canceled=is_canceled, log=log, progress_text=steps.setProgressText)
+                                         is_canceled=is_canceled, log=log, progress_text=feedback.setProgressText)
         finally:
             tiles.close()  # stops the fetch threads when the model side ended first (error, cancel)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "

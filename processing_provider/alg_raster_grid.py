@@ -1,7 +1,6 @@
 """THOR grid from a raster layer: a georeferenced multiband GeoTIFF of token embeddings."""
 from qgis.core import (
     QgsProcessingException,
-    QgsProcessingMultiStepFeedback,
     QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -9,6 +8,7 @@ from qgis.core import (
 )
 
 from . import params as P
+from ..thor_qgis.errors import ThorInputError
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE
 from .engine_run import open_embedder, provenance, resolve_common
@@ -128,7 +128,6 @@ class RasterGridAlgorithm(ThorAlgorithm):
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import pipeline
 
-        steps = QgsProcessingMultiStepFeedback(2, feedback)
         model, output, sensor = resolve_common(self, parameters, context, grid=True)
         layer, source = raster_source_for(self, parameters, context, feedback.pushInfo, sensor.scale_m,
                                           sensor.fill_value)
@@ -143,26 +142,27 @@ class RasterGridAlgorithm(ThorAlgorithm):
         plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
         log_plan(feedback, plan)
         if is_dry_run(self, parameters, context):
+            try:
+                P.check_grid_size(layout, model, output, sensor.scale_m)
+            except ThorInputError as e:
+                feedback.reportError(f"A real run would stop here: {e}", fatalError=False)
             feedback.pushInfo("Dry run: nothing was loaded, read or written.")
             return plan_outputs(plan)
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
-        P.check_grid_size(source.layout(area, model.image_size, model.grid_side(sensor.scale_m),  # model not loaded
-                                        margin=P.context_margin(self, parameters, context)), model, output,
-                          sensor.scale_m, hint="Check the extent and its CRS. ")
-        embedder = open_embedder(model, sensor.scale_m, steps)
+        P.check_grid_size(layout, model, output, sensor.scale_m, hint="Check the extent and its CRS. ")
+        embedder = open_embedder(model, sensor.scale_m, feedback)
         if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
             layout = layout_for(embedder.grid_side())
             plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}); output pixels {layout.output_pixel_size():g} m.")
-        steps.setCurrentStep(1)
-        progress, is_canceled, log = callbacks(steps)
+        progress, is_canceled, log = callbacks(feedback)  # the bar counts tiles; loading says what it does
         record = provenance(model, output, sensor, source={
             "kind": "raster", "path": source.path, "band_map": list(source.band_map),
             "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled})
         result = pipeline.write_grid(layout, source.tiles(layout), embedder, output.group_merge, dest,
                                      metadata=record, fill_value=sensor.fill_value, progress=progress,
-                                     is_canceled=is_canceled, log=log, progress_text=steps.setProgressText)
+                                     is_canceled=is_canceled, log=log, progress_text=feedback.setProgressText)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest

@@ -2,30 +2,20 @@
 
 :func:`grid_plan` reads a tile layout and the model's specification (no weights are loaded, no imagery
 read) and returns the tiles, the token grid, the size of the output on disk, the Earth Engine requests
-and an estimated time. The time comes from stored per-tile figures of the builtin encoder on a 2-core
-CPU (288 px tiles, patch 16, batch 8), scaled by the number of tokens; on other devices there is no
-stored figure, and the run's progress text gives the time left once the first tiles are done.
+and an estimated time. The time comes from the stored per-tile figures of :mod:`.limits` (the builtin
+encoder on a 2-core CPU), scaled by the number of tokens; on other devices there is no stored figure,
+and the run's progress text gives the time left once the first tiles are done.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
+from . import limits
 from .progress import format_duration
 from .specs import ModelSpec
 from .tiling import TileLayout
 
-# Seconds per tile, builtin encoder, 288 px at patch 16 (18 x 18 tokens per group), batch 8, on a 2-core
-# x86-64 CPU with torch's CPU build. tiny and base were measured (scripts/bench_encoder.py: 0.047 s and
-# 0.78 s); small and large follow from them by the encoder's width and depth (the work per token grows
-# with width² × depth: small = 4 × tiny, large = 3.6 × base).
-CPU_SECONDS_PER_TILE = {
-    "thor_v1_tiny": 0.047,
-    "thor_v1_small": 0.19,
-    "thor_v1_base": 0.78,
-    "thor_v1_large": 2.8,
-}
-REFERENCE_GRID_SIDE = 18
 FLOAT32_BYTES = 4
 
 
@@ -78,19 +68,18 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def seconds_per_tile(model: ModelSpec, device: str, grid_side: int) -> Optional[float]:
-    """The stored CPU figure scaled by tokens per tile, or None where there is none (other devices)."""
-    base = CPU_SECONDS_PER_TILE.get(model.model_key)
-    if base is None or device != "cpu":
+def seconds_per_tile(model: ModelSpec, device: str, scale_m: float = 10.0) -> Optional[float]:
+    """The stored CPU figure (:mod:`.limits`) scaled by tokens per tile, or None on other devices."""
+    if model.model_key not in limits.SECONDS_PER_TILE_CPU or device != "cpu":
         return None
-    return base * (grid_side / REFERENCE_GRID_SIDE) ** 2
+    return limits.seconds_per_tile(model, scale_m)
 
 
 def grid_plan(layout: TileLayout, model: ModelSpec, channels: int, device: str = "cpu",
               earth_engine: bool = False) -> GridPlan:
     """The plan of writing ``layout`` with ``model`` (``channels`` per token; ``device`` resolved)."""
     width, height = layout.output_size()
-    per_tile = seconds_per_tile(model, device, layout.grid_side)
+    per_tile = seconds_per_tile(model, device, layout.scale_m)
     return GridPlan(tiles=layout.n_tiles, tiles_x=layout.tiles_x, tiles_y=layout.tiles_y, width=width,
                     height=height, channels=int(channels),
                     output_bytes=int(width) * int(height) * int(channels) * FLOAT32_BYTES,
