@@ -2,8 +2,9 @@
 
 The imagery source is any iterator of ``(tile, [10, S, S] array)`` or ``(tile, array, valid_fraction)``
 (a local raster, or Earth Engine fetches running ahead in threads). Tiles go through the model in
-batches and each tile's ``n x n`` grid is written into its window of the output: neither the mosaic of
-imagery nor the output is ever held in memory whole.
+batches and each tile's ``n x n`` grid is written where the layout puts it (one tile per cell, or the
+weighted mean of overlapping tiles): neither the mosaic of imagery nor the output is ever held in memory
+whole.
 """
 from __future__ import annotations
 
