@@ -11,7 +11,7 @@ PLAN_OUTPUTS = (("OUTPUT_BYTES", "Output size before compression (bytes)"),
 
 def add_dry_run_param(alg, tr) -> None:
     alg.addParameter(P._advanced(QgsProcessingParameterBoolean(
-        DRY_RUN, tr("Dry run: plan only (no model, no imagery, nothing written)"), defaultValue=False),
+        DRY_RUN, tr("Dry run (plan only)"), defaultValue=False),
         tr("Stops after the plan (tiles, token grid, output size, Earth Engine requests, estimated time) and "
            "returns it as outputs, to check a large extent before spending hours on it.")))
 

@@ -299,7 +299,7 @@ def test_dry_run_of_a_country_reports_the_request_limit(fake, tiny, tmp_path):
     assert plan["TILES"] > 10000 and plan["WIDTH"] == plan["HEIGHT"] == 3125
     assert plan["OUTPUT_BYTES"] == 3125 * 3125 * 192 * 4
     assert plan["ESTIMATED_SECONDS"] == pytest.approx(plan["TILES"] * 0.047)  # thor_v1_tiny's stored figure
-    assert fake.count() == 0 and not (tmp_path / "out").exists()
+    assert fake.count() == 0 and not list((tmp_path / "out").glob("*"))  # (QGIS may make the folder)
     assert any("A real run would stop here" in e and "THOR_EE_MAX_REQUESTS" in e for e in feedback.errors)
 
 
