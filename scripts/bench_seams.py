@@ -66,7 +66,7 @@ def main():
     weights = dict(weights="checkpoint", checkpoint=args.checkpoint) if args.checkpoint else dict(weights="random")
     emb = Embedder(ModelSpec(model_key=args.model, **weights))
     src = RasterSource(raster)
-    what = "the bundled synthetic sample" if not args.raster else raster
+    what = "the bundled synthetic sample" if not args.raster else os.path.basename(raster)
     print(f"{args.model}, weights {emb.metadata['weights'].get('source')}, {what}")
     rows, base_tiles = [], None
     for seams, margin in MODES:
