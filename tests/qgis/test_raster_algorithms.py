@@ -208,14 +208,16 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(plugin, fixture_raster, tmp_p
 
 
 def test_grid_on_the_real_sentinel2_sample(plugin, tmp_path):
-    """The bundled real L1C crop (sample/): 2 x 2 tiles, its UTM 18N grid kept, finite embeddings."""
+    """The bundled real L1C crop (sample/): its UTM 18N grid kept, finite embeddings. Its corner (443220,
+    4175560) is not on the 160 m token grid: the output covers it snapped outwards, 37 x 37 pixels, from the
+    5 x 5 tiles of the default blending that touch it."""
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sample",
                        "s2_l1c_eastern_shore_576.tif")
     out = tmp_path / "real_grid.tif"
     res = run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
-    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 4)
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (37, 37, 192, 25)
     arr, gt, wkt, _ = read_raster(out)
-    assert gt == (443220.0, 160.0, 0.0, 4175560.0, 0.0, -160.0) and epsg_of(wkt) == 32618
+    assert gt == (443200.0, 160.0, 0.0, 4175680.0, 0.0, -160.0) and epsg_of(wkt) == 32618
     assert np.isfinite(arr).all()
     assert float(arr.std(axis=(1, 2)).min()) > 0  # every channel varies over the scene
 
