@@ -122,7 +122,8 @@ def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, w
     weights = "local checkpoint" if checkpoint else "RANDOM weights"
     side_by_side(images, ["Sentinel-2 L1C, Eastern Shore of Virginia (B4 B3 B2)",
                           f"THOR {model.split('_')[-1]} p={patch_size}, {seams}"
-                          f"{f' m={margin}' if seams != 'none' else ''} → RGB ({weights})"], out_png, footer=ATTRIBUTION)
+                          f"{f' m={margin}' if seams != 'none' else ''} → RGB ({weights})"], out_png,
+                 footer=ATTRIBUTION)
     return out_png, images
 
 

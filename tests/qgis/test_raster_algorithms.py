@@ -70,7 +70,8 @@ def test_grid_concat_and_sum_channels(plugin, fixtures, fixture_raster, tmp_path
     _, ref = fixtures
     for merge, key in (("concat", "grid_concat"), ("sum", "grid_sum")):
         out = tmp_path / f"grid_{merge}.tif"
-        res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, **ONE, "GROUP_MERGE": merge, "OUTPUT": str(out)})
+        res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, **ONE, "GROUP_MERGE": merge,
+                                       "OUTPUT": str(out)})
         arr, *_ = read_raster(out)
         assert res["BANDS"] == ref[key].shape[1]
         np.testing.assert_allclose(arr, ref[key][0], atol=1e-4, rtol=0)
@@ -270,7 +271,8 @@ def test_extent_given_as_a_layer_path_with_digits(plugin, fixture_raster, tmp_pa
     shutil.copy(fixture_raster, named)
     try:
         out = tmp_path / "by_layer.tif"
-        res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, **ONE, "OUTPUT": str(out)})
+        res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, **ONE,
+                                       "OUTPUT": str(out)})
         assert res["TILES"] == 1
     finally:
         shutil.rmtree(folder)
