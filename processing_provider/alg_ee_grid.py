@@ -1,7 +1,6 @@
 """THOR grid from Earth Engine imagery: the token-grid GeoTIFF of grid_from_raster, for an extent or a point."""
 from qgis.core import (
     QgsProcessingException,
-    QgsProcessingMultiStepFeedback,
     QgsProcessingParameterExtent,
     QgsProcessingParameterPoint,
 )
@@ -11,6 +10,7 @@ from . import params as P
 from .alg_raster_pooled import BUFFER, add_buffer_param, buffer_m
 from .base import GROUP_EE, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
+from .grid_plan import add_dry_run_param, add_plan_outputs, is_dry_run, log_plan, make_plan, plan_outputs
 from .styling import style_rgb_stretch
 
 EXTENT = "EXTENT"
@@ -34,11 +34,22 @@ class EEGridAlgorithm(ThorAlgorithm):
             "THOR on it, writing the token grid as a georeferenced GeoTIFF exactly like 'THOR grid from "
             "raster layer': one float32 band per embedding channel (thor_000, …).\n\n"
             "The area is an extent (in any CRS) or a point with the half side of a square around it (default "
-            "half a tile, 1440 m: one tile; the square is centred on the pixel corner nearest to the point). "
-            "It is cut into tiles of image size × pixel size metres (2880 m by default) from its top-left "
-            "corner, on the WGS 84 / UTM grid of the area's centre, snapped to a multiple of the pixel size. "
-            "Output pixels are tile size / token grid side (160 m by default). Tiles are fetched in parallel "
-            "while the model works on earlier ones.\n\n"
+            "half a tile, 1440 m; the square is centred on the pixel corner nearest to the point). "
+            "Tiles of image size × pixel size metres (2880 m by default) sit on a grid fixed in the WGS 84 / "
+            "UTM zone of the area's centre (multiples of the tile step from the zone's origin), not on the "
+            "area: the same place gets the same embedding whatever the area, and runs over adjacent areas "
+            "mosaic to the pixel. The output covers the area, snapped outwards to whole output pixels (tile "
+            "size / token grid side: 160 m by default). Tiles are fetched in parallel while the model works "
+            "on earlier ones.\n\n"
+            "Tile edges (advanced): blend (default) overlaps tiles by twice the margin and writes each pixel as "
+            "the weighted mean of the tiles covering it, weights falling towards tile edges, so there is no hard "
+            "step between tiles; crop keeps only the centres of the same overlapping tiles; none puts tiles side "
+            "by side (fewest tiles and requests, visible steps). At the default margin of 3 tokens blend and crop "
+            "take about 2.25 times the tiles (and requests) of none on large areas.\n\n"
+            "Before opening the Earth Engine session and loading the model, the run logs its plan: tiles, token "
+            "grid, output size, Earth Engine requests, estimated time. Dry run (advanced) stops there and "
+            "returns the plan as outputs (no credentials needed). The progress bar counts tiles embedded and "
+            "written, and says how long is left.\n\n"
             "The configuration, the weights and the request (collection, dates, cloud threshold, composite, "
             "fill value, project, endpoint; never credentials) are stored in the file's metadata (THOR_CONFIG). "
             "An empty collection (no scene matching the filters over a tile) stops the run with what to "
@@ -58,7 +69,9 @@ class EEGridAlgorithm(ThorAlgorithm):
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
+        add_dry_run_param(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
+        add_plan_outputs(self, self.tr)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)
@@ -88,17 +101,15 @@ class EEGridAlgorithm(ThorAlgorithm):
 
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import ee_fetch, ee_session, pipeline
-        from ..thor_qgis.tiling import layout_for_area
+        from ..thor_qgis.tiling import global_layout
 
         if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
             self.prepareAlgorithm(parameters, context, feedback)
         area = self._area.get()
-        steps = QgsProcessingMultiStepFeedback(2, feedback)
         model, output, sensor = resolve_common(self, parameters, context, grid=True, earth_engine=True)
         temporal = P.temporal_spec(self, parameters, context)
         workers = ee_fetch.clamp_workers(self.parameterAsInt(parameters, P.FETCH_WORKERS, context))
         cfg = E.ee_config(self, parameters, context, self._api_url)
-        dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
         half = None
         if area.kind == "point":
             half = buffer_m(self, parameters, context, model, sensor)
@@ -109,23 +120,38 @@ class EEGridAlgorithm(ThorAlgorithm):
             s = sensor.scale_m
             cx, cy = snap_to_grid((bounds[0] + bounds[2]) / 2, s), snap_to_grid((bounds[1] + bounds[3]) / 2, s)
             bounds = (cx - half, cy - half, cx + half, cy + half)
-        # before anything is loaded: the tiles this area needs (the model's grid only shifts them)
-        estimate = layout_for_area(bounds, crs, sensor.scale_m, model.image_size, model.grid_side(sensor.scale_m),
-                                   snap_to=sensor.scale_m, margin=P.context_margin(self, parameters, context))
-        E.check_request_count(estimate.n_tiles, f"tiles of {estimate.tile_size_m:g} m")
+        seams, margin = P.seams(self, parameters, context), P.context_margin(self, parameters, context)
+
+        def layout_for(grid_side):  # the UTM grid: tiles at multiples of the tile step from the zone's origin
+            return global_layout(bounds, crs, sensor.scale_m, model.image_size, grid_side, seams=seams,
+                                 margin=margin)
+
+        # the plan, before anything is opened or loaded (the specification gives the token grid)
+        layout = layout_for(model.grid_side(sensor.scale_m))
+        plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
+        log_plan(feedback, plan)
+        if is_dry_run(self, parameters, context):
+            try:
+                E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
+            except QgsProcessingException as e:
+                feedback.reportError(f"A real run would stop here: {e}", fatalError=False)
+            feedback.pushInfo("Dry run: no session was opened, nothing was loaded, fetched or written.")
+            return plan_outputs(plan)
+        E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
+        dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
 
         # the session first: a missing project or credentials is reported before the model is loaded
-        session = E.open_session(cfg, steps)
+        session = E.open_session(cfg, feedback)
         # keep the process-wide Earth Engine client on this project until the run ends
         self.hold(ee_session.session_in_use(session))
-        embedder = open_embedder(model, sensor.scale_m, steps)
-        layout = layout_for_area(bounds, crs, sensor.scale_m, model.image_size, embedder.grid_side(),
-                                 snap_to=sensor.scale_m, margin=P.context_margin(self, parameters, context))
+        embedder = open_embedder(model, sensor.scale_m, feedback)
+        if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
+            layout = layout_for(embedder.grid_side())
+            plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
-                          f"{layout.tiles_y}) in {crs} from ({layout.origin_x:.1f}, {layout.origin_y:.1f}); "
-                          f"output pixels {layout.output_pixel_size():g} m; {workers} parallel request(s).")
-        steps.setCurrentStep(1)
-        progress, is_canceled, log = callbacks(steps)
+                          f"{layout.tiles_y}) in {crs}; output from ({layout.origin_x:.1f}, {layout.origin_y:.1f}), "
+                          f"pixels {layout.output_pixel_size():g} m; {workers} parallel request(s).")
+        progress, is_canceled, log = callbacks(feedback)  # the bar counts tiles; loading says what it does
         area_rec = dict(area.as_record(), utm_bounds=list(bounds), utm_crs=crs)
         if half is not None:
             area_rec["buffer_m"] = half
@@ -138,12 +164,12 @@ class EEGridAlgorithm(ThorAlgorithm):
         try:
             result = pipeline.write_grid(layout, tiles, embedder, output.group_merge, dest, metadata=record,
                                          fill_value=sensor.fill_value, progress=progress,
-                                         is_canceled=is_canceled, log=log)
+                                         is_canceled=is_canceled, log=log, progress_text=feedback.setProgressText)
         finally:
             tiles.close()  # stops the fetch threads when the model side ended first (error, cancel)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands ({stats.requests} request(s), {stats.cache_hits} from "
                           "the cache).")
         self._dest = dest
-        return {OUTPUT: dest, "WIDTH": result.width, "HEIGHT": result.height, "BANDS": result.band_count,
-                "TILES": result.tiles}
+        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+                    BANDS=result.band_count, TILES=result.tiles, EE_REQUESTS=stats.requests)

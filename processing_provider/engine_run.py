@@ -19,6 +19,10 @@ def open_embedder(model: specs.ModelSpec, scale_m: float, feedback):
     unused checkpoint keys) is shown once, as a warning."""
     from ..thor_qgis.embedder import Embedder
 
+    what = {"hub": "reading the official weights (downloaded once, then from the local cache)",
+            "checkpoint": "reading the local checkpoint", "random": "with random weights"}.get(model.weights, "")
+    feedback.setProgressText(f"Loading the THOR model {model.model_key}: {what} …" if what else
+                             f"Loading the THOR model {model.model_key} …")
     feedback.pushInfo(f"Loading {model.model_key} ({_weights_words(model)}, backend {model.backend}, "
                       f"device {model.device}) …")
     shown = set()

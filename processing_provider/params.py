@@ -42,6 +42,7 @@ START_DATE = "START_DATE"
 END_DATE = "END_DATE"
 FETCH_WORKERS = "FETCH_WORKERS"
 CONTEXT_MARGIN = "CONTEXT_MARGIN"
+SEAMS = "SEAMS"
 
 MODEL_KEYS = tuple(specs.MODEL_VARIANTS)
 
@@ -140,17 +141,30 @@ def add_grid_output_params(alg, tr) -> None:
 
 
 def add_context_margin_param(alg, tr) -> None:
+    """How tile edges are handled (SEAMS) and the margin of overlapping tiles (CONTEXT_MARGIN)."""
+    from ..thor_qgis.tiling import DEFAULT_MARGIN, DEFAULT_SEAMS, SEAM_MODES
+
+    alg.addParameter(_advanced(_enum(SEAMS, tr("Tile edges"), SEAM_MODES, DEFAULT_SEAMS),
+                               tr("blend: tiles overlap by twice the margin and each output pixel is the weighted "
+                                  "mean of the tiles covering it (weights fall towards tile edges): no hard step "
+                                  "anywhere. crop: the same tiles, only their centres kept. none: tiles side by "
+                                  "side, each pixel from one tile (fewest tiles, visible steps at tile edges).")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        CONTEXT_MARGIN, tr("Context margin between overlapping tiles (tokens)"), NUMBER_INTEGER,
-        defaultValue=0, minValue=0, maxValue=16),
-        tr("0: tiles side by side (each token sees only its own tile). m > 0: tiles overlap and only their "
-           "central (n − 2m) × (n − 2m) tokens are kept, so every token sees at least m tokens of context "
-           "and the steps between tiles even out, for about (n / (n − 2m))² times the compute on large areas "
-           "(m = 3 at n = 18: 2.25 ×; more on areas of one or two tiles).")))
+        CONTEXT_MARGIN, tr("Margin of overlapping tiles (tokens)"), NUMBER_INTEGER,
+        defaultValue=DEFAULT_MARGIN, minValue=0, maxValue=16),
+        tr("For blend and crop: tiles overlap by twice this many tokens (3 at n = 18: 960 m), for about "
+           "(n / (n − 2m))² times the tiles of none on large areas (2.25 × at m = 3). Blend allows up to n / 4 "
+           "(4 at n = 18), crop up to (n − 1) / 2. Ignored for none.")))
 
 
 def context_margin(alg, parameters, context) -> int:
     return alg.parameterAsInt(parameters, CONTEXT_MARGIN, context)
+
+
+def seams(alg, parameters, context) -> str:
+    if alg.parameterDefinition(SEAMS) is None:
+        return "crop"
+    return _enum_value(alg, parameters, SEAMS, context)
 
 
 def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale_m: float) -> None:
@@ -158,7 +172,8 @@ def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale
     from ..thor_qgis.tiling import check_margin
 
     try:
-        check_margin(context_margin(alg, parameters, context), model.grid_side(scale_m), model.image_size)
+        check_margin(context_margin(alg, parameters, context), model.grid_side(scale_m), model.image_size,
+                     seams(alg, parameters, context))
     except ThorInputError as e:
         raise QgsProcessingException(str(e)) from None
 

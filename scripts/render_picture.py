@@ -5,7 +5,7 @@ thor:embedding_to_rgb (Processing, in this process), then renders the sample's t
 embedding RGB side by side to a PNG, with the imagery's attribution under them.
 
     .venv/bin/python scripts/render_picture.py [--out docs/sample_embedding_rgb.png]
-        [--checkpoint PATH] [--model thor_v1_tiny] [--patch-size 8] [--margin 0]
+        [--checkpoint PATH] [--model thor_v1_tiny] [--patch-size 8] [--seams blend] [--margin 3]
 
 Without --checkpoint it uses random weights and the caption says so.
 """
@@ -97,7 +97,8 @@ def style_true_colour(layer, ranges):
     layer.setRenderer(r)
 
 
-def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, work=None, margin=0, source=SAMPLE):
+def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, work=None, margin=3, seams="blend",
+                 source=SAMPLE):
     """Run sample → grid → embedding RGB inside this QGIS process and render the picture."""
     import processing
     from qgis.core import QgsRasterLayer
@@ -105,7 +106,8 @@ def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, w
     work = work or tempfile.mkdtemp(prefix="thor_picture_")
     src = source
     grid = os.path.join(work, "grid.tif")
-    params = {"INPUT": src, "MODEL_KEY": model, "PATCH_SIZE": patch_size, "CONTEXT_MARGIN": margin, "OUTPUT": grid}
+    params = {"INPUT": src, "MODEL_KEY": model, "PATCH_SIZE": patch_size, "SEAMS": seams, "CONTEXT_MARGIN": margin,
+              "OUTPUT": grid}
     if checkpoint:
         params["CHECKPOINT"] = checkpoint
     else:
@@ -119,8 +121,9 @@ def make_picture(out_png, checkpoint=None, model="thor_v1_tiny", patch_size=8, w
     images = [render_layer(s2, None), render_layer(emb, None)]
     weights = "local checkpoint" if checkpoint else "RANDOM weights"
     side_by_side(images, ["Sentinel-2 L1C, Eastern Shore of Virginia (B4 B3 B2)",
-                          f"THOR {model.split('_')[-1]} p={patch_size}{f' margin {margin}' if margin else ''} "
-                          f"embedding → RGB ({weights})"], out_png, footer=ATTRIBUTION)
+                          f"THOR {model.split('_')[-1]} p={patch_size}, {seams}"
+                          f"{f' m={margin}' if seams != 'none' else ''} → RGB ({weights})"], out_png,
+                 footer=ATTRIBUTION)
     return out_png, images
 
 
@@ -130,7 +133,8 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--model", default="thor_v1_tiny")
     ap.add_argument("--patch-size", type=int, default=8)
-    ap.add_argument("--margin", type=int, default=0, help="context margin between overlapping tiles (tokens)")
+    ap.add_argument("--seams", default="blend", choices=("blend", "crop", "none"), help="how tile edges are written")
+    ap.add_argument("--margin", type=int, default=3, help="margin of overlapping tiles (tokens)")
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, "/usr/share/qgis/python/plugins")
@@ -147,7 +151,8 @@ def main():
     plugin = thor_embeddings.classFactory(None)
     plugin.initProcessing()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    path, _ = make_picture(args.out, args.checkpoint, args.model, args.patch_size, margin=args.margin)
+    path, _ = make_picture(args.out, args.checkpoint, args.model, args.patch_size, margin=args.margin,
+                           seams=args.seams)
     print(path)
     plugin.unload()
     app.exitQgis()

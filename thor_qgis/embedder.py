@@ -149,6 +149,10 @@ class Embedder:
             grid_kind="group_aware", group_merge=merge, channels=self.grid_channels(merge),
             side=self.grid_side(), groups=self.layout.group_names, tokens_per_group=self.layout.tokens_per_group)
 
+    def torch_modules(self) -> List[torch.nn.Module]:
+        """The model's torch modules (for cancel checks inside a forward)."""
+        return [m for m in vars(self._backend).values() if isinstance(m, torch.nn.Module)]
+
     @staticmethod
     def _merge(group_merge: str) -> str:
         m = str(group_merge).strip().lower()

@@ -2,8 +2,9 @@
 
 The imagery source is any iterator of ``(tile, [10, S, S] array)`` or ``(tile, array, valid_fraction)``
 (a local raster, or Earth Engine fetches running ahead in threads). Tiles go through the model in
-batches and each tile's ``n x n`` grid is written into its window of the output: neither the mosaic of
-imagery nor the output is ever held in memory whole.
+batches and each tile's ``n x n`` grid is written where the layout puts it (one tile per cell, or the
+weighted mean of overlapping tiles): neither the mosaic of imagery nor the output is ever held in memory
+whole.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from . import gdal_io
 from .errors import ThorCanceled
+from .progress import TileProgress, cancel_inside_forward
 from .tiling import Tile, TileLayout
 
 GRID_NODATA = -9999.0
@@ -49,16 +51,19 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
                metadata: Optional[Dict[str, Any]] = None, fill_value: float = 0.0,
                progress: Optional[Callable[[float], None]] = None,
                is_canceled: Optional[Callable[[], bool]] = None,
-               log: Optional[Callable[[str], None]] = None) -> GridResult:
+               log: Optional[Callable[[str], None]] = None,
+               progress_text: Optional[Callable[[str], None]] = None) -> GridResult:
     """Embed every tile of ``layout`` and write the token grids to the GeoTIFF ``path``.
 
-    A pixel whose bands all equal ``fill_value`` has no data. Tiles with no valid pixel are not embedded,
-    and every output cell (token) whose footprint holds no valid pixel is nodata (``GRID_NODATA``), so
-    the padding past the imagery's edges never passes for an embedding.
+    Each output cell is written from the tiles that cover it as the layout says (one tile, its centre,
+    or the weighted mean of overlapping tiles; see :mod:`.tiling`). A pixel whose bands all equal
+    ``fill_value`` has no data. Tiles with no valid pixel are not embedded, and a cell (token) whose
+    footprint holds no valid pixel is nodata (``GRID_NODATA``), so the padding past the imagery's edges
+    never passes for an embedding. Progress counts tiles embedded and written (``progress_text`` gets
+    "tile 37 of 64 · 12 s left"); a cancel is checked between tiles and inside the model's forward.
     On an error or a cancel, no file is left at ``path``.
     """
     is_canceled = is_canceled or _never
-    progress = progress or (lambda _f: None)
     log = log or (lambda _m: None)
     channels = embedder.grid_channels(group_merge)
     n = embedder.grid_side()
@@ -67,28 +72,27 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     width, height = layout.output_size()
     record: Dict[str, Any] = dict(metadata or {})
     record.setdefault("engine", {}).update(embedder.metadata)
-    record["grid"] = dict(embedder.grid_info(group_merge), tiles_x=layout.tiles_x, tiles_y=layout.tiles_y,
-                          tile_size_m=layout.tile_size_m, pixel_size_m=layout.output_pixel_size(),
-                          context_margin_tokens=layout.margin, tile_step_m=layout.step_m,
-                          area=list(layout.area), origin=[layout.origin_x, layout.origin_y])
+    record["grid"] = dict(embedder.grid_info(group_merge), **layout.record())
     batch_size = max(1, int(getattr(embedder, "batch_size", 4)))
-    embedded = 0
-    done = 0
     total = layout.n_tiles
+    tracker = TileProgress(total, progress, progress_text)
+    weights = layout.weights()
+    k, e = layout.core, layout.blend_margin
+    # the output row below which each layout row of tiles is complete
+    row_ends = [min(height, (layout.row0 + r + 1) * k + e - layout.out_row0) for r in range(layout.tiles_y)]
     items = {
         "THOR_MODEL": embedder.metadata.get("model_key", ""),
         "THOR_WEIGHTS": json.dumps(embedder.metadata.get("weights", {}), sort_keys=True),
         "THOR_GROUP_MERGE": group_merge,
     }
+    embedded = 0
+    strip = max(1, min(k, height))
     with gdal_io.GeoTiffWriter(path, width, height, channels, layout.output_geotransform(), _wkt(layout.crs),
                                nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels),
-                               strip_rows=layout.core) as out:
+                               strip_rows=strip) as out:
+        rows = _RowAccumulator(out, channels, width, height, strip)
         pending: List[Tuple[Tile, np.ndarray, np.ndarray]] = []
-        # One row of tiles is assembled in memory and written as whole strips, each exactly once: a strip
-        # written in pieces could be evicted from GDAL's cache half-done, recompressed and written again
-        # (the file grows). Memory holds one row of the output, however large the area.
-        row_buf = np.full((channels, layout.core, width), GRID_NODATA, dtype=np.float32)
-        row = None
+        seen = 0  # tiles taken from the source, in layout order
 
         def flush() -> None:
             nonlocal embedded
@@ -96,43 +100,50 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
                 return
             if is_canceled():
                 raise ThorCanceled("canceled")
-            grids = embedder.grid(np.stack([a for _, a, _ in pending]), group_merge=group_merge)
+            with cancel_inside_forward(embedder, is_canceled):
+                grids = embedder.grid(np.stack([a for _, a, _ in pending]), group_merge=group_merge)
             for (tile, _, cells), g in zip(pending, grids):
-                g[:, ~cells] = GRID_NODATA
-                xoff, _, w, _ = layout.output_window(tile)
-                row_buf[:, :, xoff:xoff + w] = layout.written(g)
+                xoff, yoff, _, _ = layout.output_window(tile)
+                rows.add(layout.written(g), weights * layout.written(cells), xoff, yoff)
             embedded += len(pending)
+            tracker.add_embedded(len(pending))
             pending.clear()
 
-        def write_row() -> None:
-            flush()
-            if row is not None:
-                out.write(row_buf, 0, row * layout.core)
-                out.flush()
-                row_buf.fill(GRID_NODATA)
+        def release() -> None:
+            # rows of tiles all embedded: the output rows no later tile reaches are final
+            done = seen - len(pending)
+            complete = done // layout.tiles_x if done < total else layout.tiles_y
+            if complete:
+                rows.release(layout.rows_final_after(complete - 1))
+            tracker.set_written(layout.tiles_x * sum(1 for end in row_ends if end <= rows.base))
 
+        tracker.start()
         for tile, arr, valid in _items(source):
             if is_canceled():
                 raise ThorCanceled("canceled")
-            if tile.row != row:
-                write_row()
-                row = tile.row
             pixels = valid_pixels(arr, fill_value)
             if valid is None:
                 valid = float(pixels.mean())
+            seen += 1
             if valid > 0:
                 pending.append((tile, arr, cells_with_data(pixels, n)))
-            done += 1
+            else:
+                tracker.add_embedded(1)  # nothing to embed: the tile is done
             if len(pending) >= batch_size:
                 flush()
-            progress(done / total)
-        write_row()
+                release()
+        flush()
+        if seen != total:
+            raise ValueError(f"the imagery source gave {seen} tile(s) for a layout of {total}")
+        release()
+        rows.finish()
+        tracker.set_written(total)
         record["grid"]["tiles_embedded"] = embedded
         record["grid"]["tiles_without_data"] = total - embedded
         out.set_metadata({gdal_io.CONFIG_KEY: record, **items})
         if total - embedded:
             log(f"{total - embedded} of {total} tile(s) have no valid pixel: left as nodata.")
-    progress(1.0)
+    tracker.finished()
     return GridResult(path=out.path, width=width, height=height, band_count=channels, tiles=total,
                       tiles_embedded=embedded, geotransform=layout.output_geotransform(),
                       crs_wkt=_wkt(layout.crs), metadata=record)
@@ -145,6 +156,62 @@ def valid_pixels(arr: np.ndarray, fill_value: float) -> np.ndarray:
     if not np.isfinite(fill_value):
         return finite
     return finite & np.any(arr != fill_value, axis=0)
+
+
+class _RowAccumulator:
+    """Weighted sums of the output rows not yet written; rows are written as whole strips, each once.
+
+    A strip written in pieces could be evicted from GDAL's cache half-done, recompressed and written
+    again (the file grows); here each strip is complete when written. Memory holds the rows between the
+    last strip written and the lowest row a tile has reached: about two rows of tiles at most."""
+
+    def __init__(self, out, channels: int, width: int, height: int, strip: int):
+        self.out, self.width, self.height, self.strip = out, width, height, strip
+        self.base = 0  # first output row not written yet
+        self.sum = np.zeros((channels, 0, width), np.float32)
+        self.weight = np.zeros((0, width), np.float32)
+
+    def _ensure(self, upto: int) -> None:
+        have = self.base + self.weight.shape[0]
+        if upto > have:
+            extra = upto - have
+            self.sum = np.concatenate([self.sum, np.zeros((self.sum.shape[0], extra, self.width), np.float32)],
+                                      axis=1)
+            self.weight = np.concatenate([self.weight, np.zeros((extra, self.width), np.float32)], axis=0)
+
+    def add(self, grid: np.ndarray, weights: np.ndarray, xoff: int, yoff: int) -> None:
+        """Add ``grid`` [C, h, w] with ``weights`` [h, w] at output position (xoff, yoff), cut to the raster."""
+        _, h, w = grid.shape
+        x0, y0 = max(0, xoff), max(0, yoff)
+        x1, y1 = min(self.width, xoff + w), min(self.height, yoff + h)
+        if x1 <= x0 or y1 <= y0:
+            return
+        if y0 < self.base:
+            raise RuntimeError(f"output row {y0} was already written")  # a layout bug, never the user's
+        self._ensure(y1)
+        wt = weights[y0 - yoff:y1 - yoff, x0 - xoff:x1 - xoff]
+        g = grid[:, y0 - yoff:y1 - yoff, x0 - xoff:x1 - xoff]
+        self.sum[:, y0 - self.base:y1 - self.base, x0:x1] += np.where(wt > 0, g, 0.0) * wt
+        self.weight[y0 - self.base:y1 - self.base, x0:x1] += wt
+
+    def _write(self, count: int) -> None:
+        self._ensure(self.base + count)
+        w = self.weight[:count]
+        block = np.where(w > 0, self.sum[:, :count] / np.where(w > 0, w, 1.0), GRID_NODATA).astype(np.float32)
+        self.out.write(block, 0, self.base)
+        self.out.flush()
+        self.sum = self.sum[:, count:].copy()
+        self.weight = self.weight[count:].copy()
+        self.base += count
+
+    def release(self, upto: int) -> None:
+        """Rows above ``upto`` are final: write the whole strips among them."""
+        while self.base + self.strip <= min(upto, self.height):
+            self._write(self.strip)
+
+    def finish(self) -> None:
+        while self.base < self.height:
+            self._write(min(self.strip, self.height - self.base))
 
 
 def cells_with_data(pixels: np.ndarray, n: int) -> np.ndarray:

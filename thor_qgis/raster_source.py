@@ -17,7 +17,7 @@ import numpy as np
 from . import gdal_io
 from .errors import ThorInputError
 from .specs import S2_BANDS
-from .tiling import Bounds, Tile, TileLayout, layout_for_area, utm_epsg
+from .tiling import DEFAULT_MARGIN, DEFAULT_SEAMS, Bounds, Tile, TileLayout, global_layout, pixel_anchor, utm_epsg
 
 # Common Sentinel-2 stacks and where THOR's ten bands sit in them (1-based).
 KNOWN_BAND_MAPS = {
@@ -206,14 +206,14 @@ class RasterSource:
                 f"{self.source_info.bounds[2]:g}, {self.source_info.bounds[3]:g})")
         return b
 
-    def layout(self, area: Bounds, image_size: int, grid_side: int, margin: int = 0) -> TileLayout:
-        """Tiles over ``area`` whose top-left corner is snapped (outwards) onto the raster's pixel grid."""
+    def layout(self, area: Bounds, image_size: int, grid_side: int, margin: int = DEFAULT_MARGIN,
+               seams: str = DEFAULT_SEAMS) -> TileLayout:
+        """The tiles of the global grid that ``area`` needs (see :func:`.tiling.global_layout`): anchored at
+        the CRS origin, moved by the raster's sub-pixel offset if its pixels are not on whole multiples of
+        the pixel size, so tiles read whole pixels and the same place is always cut the same way."""
         gt = self.info.geotransform
-        px = gt[1]
-        xmin = gt[0] + math.floor((area[0] - gt[0]) / px + 1e-9) * px
-        ymax = gt[3] - math.floor((gt[3] - area[3]) / px + 1e-9) * px
-        return layout_for_area((xmin, area[1], area[2], ymax), self.crs, self.scale_m, image_size, grid_side,
-                               margin=margin)
+        return global_layout(area, self.crs, self.scale_m, image_size, grid_side, seams=seams, margin=margin,
+                             anchor=pixel_anchor(gt[0], gt[3], self.scale_m))
 
     # --- pixels --------------------------------------------------------------------------
     def _offsets(self, x0: float, y1: float) -> Tuple[int, int]:

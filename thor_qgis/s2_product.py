@@ -454,16 +454,10 @@ class S2ProductSource(RasterSource):
         return {"kind": "sentinel2_product", "path": self.path, **self.product.record(),
                 "dn_offset": dict(self.offsets), "resampled_to_scale": self.resampled}
 
-    def layout(self, area: Bounds, image_size: int, grid_side: int, margin: int = 0) -> TileLayout:
-        """As for a raster, with the top-left corner snapped (outwards) onto the product's 20 m grid, so the
-        20 m bands reach the model as their own pixels (see the module's note)."""
-        gt = self.info.geotransform
-        step = 2 * gt[1]
-        if not self.resampled:
-            xmin = gt[0] + math.floor((area[0] - gt[0]) / step + 1e-9) * step
-            ymax = gt[3] - math.floor((gt[3] - area[3]) / step + 1e-9) * step
-            area = (xmin, area[1], area[2], ymax)
-        return super().layout(area, image_size, grid_side, margin=margin)
+    # No layout of its own: the raster's global grid (tiles at multiples of the 2880 m step from the CRS
+    # origin, shifted by multiples of 160 m for overlapping tiles) already puts every tile corner on the
+    # product's 20 m grid, whose origin is a multiple of 20 m in UTM, so the 20 m bands reach the model as
+    # their own pixels (see the module's note).
 
 
 def _jp2_block_rows(info: ProductInfo) -> int:

@@ -56,8 +56,8 @@ def test_each_tile_lands_in_its_window(tmp_path):
         np.testing.assert_array_equal(arr[0, y:y + h, x:x + w], t.index + 1)
         np.testing.assert_array_equal(arr[3, y:y + h, x:x + w], t.index + 4)
     assert ds.GetGeoTransform() == (0.0, 160.0, 0.0, 5760.0, 0.0, -160.0)
-    # batches never span two rows of tiles (4 tiles a row, batch size 3)
-    assert model.batches == [3, 1, 3, 1]
+    # batches are full even across rows of tiles (4 tiles a row, batch size 3)
+    assert model.batches == [3, 3, 2]
 
 
 def test_tiles_and_cells_without_data_are_nodata(tmp_path):

@@ -27,7 +27,6 @@ from qgis.core import (
     QgsSettings,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt
 
 from tests.conftest import FIXTURE_CKPT, PLUGIN_NAME, need_fixtures, run_qgis_process
 from tests.fake_ee import (DEFAULT_PROJECT, ee_env, expected_from_geotransform, fake_ee,  # noqa: F401
@@ -183,18 +182,24 @@ def test_composite_uses_the_disk_cache_unless_told_not_to(fake, tmp_path):
 def test_grid_of_a_geographic_extent(fake, tiny, tmp_path):
     out = tmp_path / "grid.tif"
     res = run("ee_grid", {"EXTENT": "9.50,9.54,45.50,45.52 [EPSG:4326]", **tiny, "PROJECT": DEFAULT_PROJECT,
-                          "FETCH_WORKERS": 4, "OUTPUT": str(out)})
-    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 18, 192, 2)
+                          "FETCH_WORKERS": 4, "SEAMS": "none", "OUTPUT": str(out)})
     arr, gt, wkt, ds = read_raster(out)
-    assert arr.shape == (192, 18, 36) and np.isfinite(arr).all()
     assert epsg_of(wkt) == 32632
-    xmin, _, _, ymax = _utm_bounds(9.50, 9.54, 45.50, 45.52, 32632)
-    x0, y0 = np.floor(xmin / 10) * 10, np.ceil(ymax / 10) * 10
+    # the output covers the area on the 160 m grid of the UTM zone
+    xmin, ymin, xmax, ymax = _utm_bounds(9.50, 9.54, 45.50, 45.52, 32632)
+    x0, y0 = np.floor(xmin / 160) * 160, np.ceil(ymax / 160) * 160
+    w, h = int(np.ceil((xmax - x0) / 160)), int(np.ceil((y0 - ymin) / 160))
     assert gt == (x0, 160.0, 0.0, y0, 0.0, -160.0)
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"]) == (w, h, 192)
+    assert arr.shape == (192, h, w) and np.isfinite(arr).all()
     assert ds.GetRasterBand(1).GetDescription() == "thor_000"
-    # each tile's imagery was asked for on its own 288 x 288 grid at 10 m, anchored at the tile's corner
+    # the tiles of the zone's 2880 m grid that the output touches, each asked for on its own 288 x 288 grid
+    # at 10 m, anchored at the tile's corner
+    xs = np.arange(np.floor(x0 / 2880), np.ceil((x0 + 160 * w) / 2880)) * 2880
+    ys = np.arange(np.ceil(y0 / 2880), np.floor((y0 - 160 * h) / 2880), -1) * 2880
     reqs = fake.compute_requests()
-    assert sorted(request_origin(r) for r in reqs) == [(x0, y0), (x0 + 2880.0, y0)]
+    assert sorted(request_origin(r) for r in reqs) == sorted((x, y) for x in xs for y in ys)
+    assert res["TILES"] == len(xs) * len(ys) == res["EE_REQUESTS"]
     for r in reqs:
         g = r.body["grid"]
         assert g["dimensions"] == {"width": 288, "height": 288} and g["crsCode"] == "EPSG:32632"
@@ -213,17 +218,18 @@ def test_grid_of_a_geographic_extent(fake, tiny, tmp_path):
                                    "auth": "anonymous (local emulator)"}
 
 
-def test_grid_around_a_point_is_one_tile_centred_on_it(fake, tiny, tmp_path):
+def test_grid_around_a_point_covers_the_square_centred_on_it(fake, tiny, tmp_path):
     out = tmp_path / "point.tif"
-    res = run("ee_grid", {"POINT": "15.01,36.1 [EPSG:4326]", **tiny, "OUTPUT": str(out)})
-    assert (res["WIDTH"], res["HEIGHT"], res["TILES"]) == (18, 18, 1)
+    res = run("ee_grid", {"POINT": "15.01,36.1 [EPSG:4326]", **tiny, "SEAMS": "none", "OUTPUT": str(out)})
     _, gt, wkt, _ = read_raster(out)
-    assert epsg_of(wkt) == 32633 and gt[1] == 160.0 and gt[0] % 10 == 0 and gt[3] % 10 == 0
+    assert epsg_of(wkt) == 32633 and gt[1] == 160.0 and gt[0] % 160 == 0 and gt[3] % 160 == 0
     px, py = _utm(15.01, 36.1, 32633)
-    assert abs(gt[0] + 1440 - px) <= 5 and abs(gt[3] - 1440 - py) <= 5
-    res = run("ee_grid", {"POINT": "15.01,36.1 [EPSG:4326]", "BUFFER": 2000, **tiny,
+    # the 2880 m square around the point, snapped outwards to the 160 m grid: 18 or 19 pixels a side
+    assert gt[0] <= px - 1440 + 5 < gt[0] + 160 and gt[3] - 160 < py + 1440 - 5 <= gt[3]
+    assert res["WIDTH"] in (18, 19) and res["HEIGHT"] in (18, 19) and 1 <= res["TILES"] <= 4
+    res = run("ee_grid", {"POINT": "15.01,36.1 [EPSG:4326]", "BUFFER": 2000, **tiny, "SEAMS": "none",
                           "OUTPUT": str(tmp_path / "point4.tif")})
-    assert (res["WIDTH"], res["HEIGHT"], res["TILES"]) == (36, 36, 4)
+    assert res["WIDTH"] in (25, 26) and res["HEIGHT"] in (25, 26)
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -238,23 +244,63 @@ def test_grid_needs_an_extent_or_a_point(fake, tmp_path, extra, words):
     assert fake.count() == 0 and not (tmp_path / "none.tif").exists()
 
 
+class _TextFeedback(QgsProcessingFeedback):
+    """Records the progress text with the time it was set."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts, self.errors = [], []
+
+    def setProgressText(self, text):  # noqa: N802
+        self.texts.append((text, time.monotonic()))
+        super().setProgressText(text)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802,N803
+        self.errors.append(error)
+        super().reportError(error, fatalError)
+
+
 def test_grid_fetches_ahead_of_the_model(fake, tiny, tmp_path):
     fake.latency_s = 0.2
-    feedback = QgsProcessingFeedback()
-    progress = []
-    feedback.progressChanged.connect(lambda p: progress.append((p, time.monotonic())),
-                                     Qt.ConnectionType.DirectConnection)
-    res = run("ee_grid", {"EXTENT": "500000,505760,3994240,4000000 [EPSG:32633]", **tiny, "BATCH_SIZE": 1,
-                          "FETCH_WORKERS": 2, "OUTPUT": str(tmp_path / "ahead.tif")}, feedback)
+    feedback = _TextFeedback()
+    # 2 x 2 tiles of the zone's 2880 m grid
+    res = run("ee_grid", {"EXTENT": "501120,506880,3994560,4000320 [EPSG:32633]", **tiny, "BATCH_SIZE": 1,
+                          "FETCH_WORKERS": 2, "SEAMS": "none", "OUTPUT": str(tmp_path / "ahead.tif")}, feedback)
     assert res["TILES"] == 4
-    # with one tile per batch, the model step reports 62.5, 75, 87.5, 100 % as tiles 0..3 are embedded
-    embedded = [min(t for p, t in progress if p >= 50 + 50 * (k + 1) / 4 - 1e-6) for k in range(4)]
+    # with one tile per batch, the progress text says "tile k of 4" as each tile is embedded
+    embedded = [min(t for text, t in feedback.texts if text.startswith(f"tile {k + 1} of 4")) for k in range(4)]
     starts = {request_origin(r): r.start for r in fake.compute_requests()}
-    order = [(500000.0, 4000000.0), (502880.0, 4000000.0), (500000.0, 3997120.0), (502880.0, 3997120.0)]
+    order = [(501120.0, 4000320.0), (504000.0, 4000320.0), (501120.0, 3997440.0), (504000.0, 3997440.0)]
     assert sorted(starts) == sorted(order)
     for k in range(3):
         assert starts[order[k + 1]] < embedded[k], f"tile {k + 1} was not fetched while tile {k} was embedded"
     assert 1 < fake.max_concurrency <= 2
+    assert any(text.startswith("Loading the THOR model thor_v1_tiny") for text, _ in feedback.texts)
+
+
+def test_dry_run_plans_without_session_model_or_file(fake, tiny, tmp_path):
+    params = {"EXTENT": "500000,505000,3995000,4000000 [EPSG:32633]", **tiny, "PROJECT": DEFAULT_PROJECT,
+              "OUTPUT": str(tmp_path / "out" / "dry.tif")}
+    (tmp_path / "out").mkdir()
+    plan = run("ee_grid", {**params, "DRY_RUN": True})
+    assert fake.count() == 0 and list((tmp_path / "out").iterdir()) == []
+    assert "OUTPUT" not in plan and plan["TILES"] == plan["EE_REQUESTS"] > 0
+    assert plan["PLAN"].startswith(f"Plan: {plan['TILES']} tile(s)") and "Earth Engine request" in plan["PLAN"]
+    res = run("ee_grid", params)
+    assert (res["TILES"], res["WIDTH"], res["HEIGHT"], res["BANDS"]) == \
+        (plan["TILES"], plan["WIDTH"], plan["HEIGHT"], plan["BANDS"])
+    assert len(fake.compute_requests()) == plan["EE_REQUESTS"]
+
+
+def test_dry_run_of_a_country_reports_the_request_limit(fake, tiny, tmp_path):
+    feedback = _TextFeedback()
+    plan = run("ee_grid", {"EXTENT": "300000,800000,3700000,4200000 [EPSG:32633]", **tiny, "DRY_RUN": True,
+                           "OUTPUT": str(tmp_path / "out" / "country.tif")}, feedback)
+    assert plan["TILES"] > 10000 and plan["WIDTH"] == plan["HEIGHT"] == 3125
+    assert plan["OUTPUT_BYTES"] == 3125 * 3125 * 192 * 4
+    assert plan["ESTIMATED_SECONDS"] == pytest.approx(plan["TILES"] * 0.047)  # thor_v1_tiny's stored figure
+    assert fake.count() == 0 and not list((tmp_path / "out").glob("*"))  # (QGIS may make the folder)
+    assert any("A real run would stop here" in e and "THOR_EE_MAX_REQUESTS" in e for e in feedback.errors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +412,7 @@ def test_pooled_feature_without_imagery_gets_a_status_not_a_vector(fake, tiny, t
 def test_model_chains_composite_into_grid_from_raster_like_ee_grid(fake, tiny, tmp_path):
     import processing
 
-    extent = "500000,502880,3997120,4000000 [EPSG:32633]"  # exactly one tile on the 10 m grid
+    extent = "501120,504000,3997440,4000320 [EPSG:32633]"  # exactly one tile of the zone's 2880 m grid
     static = QgsProcessingModelChildParameterSource.fromStaticValue
     model = QgsProcessingModelAlgorithm("ee chain", "tests")
     # fill (and so nodata) -1: the fake serves a few exact zeros, which a nodata of 0 would blank
@@ -375,7 +421,7 @@ def test_model_chains_composite_into_grid_from_raster_like_ee_grid(fake, tiny, t
     model.addChildAlgorithm(comp)
     grid = child("thor:grid_from_raster", "grid", {
         "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("composite", "OUTPUT"),
-        "MODEL_KEY": static("thor_v1_tiny"), "CHECKPOINT": static(str(FIXTURE_CKPT))})
+        "MODEL_KEY": static("thor_v1_tiny"), "CHECKPOINT": static(str(FIXTURE_CKPT)), "SEAMS": static("none")})
     out_def = QgsProcessingModelOutput("thor_grid", "THOR grid")
     out_def.setChildOutputName("OUTPUT")
     grid.setModelOutputs({"thor_grid": out_def})
@@ -385,11 +431,11 @@ def test_model_chains_composite_into_grid_from_raster_like_ee_grid(fake, tiny, t
     res = processing.run(model, {name: chained})
     assert os.path.exists(chained) and res[name] == chained
     a, gt_a, wkt_a, _ = read_raster(chained)
-    assert a.shape == (192, 18, 18) and gt_a == (500000.0, 160.0, 0.0, 4000000.0, 0.0, -160.0)
+    assert a.shape == (192, 18, 18) and gt_a == (501120.0, 160.0, 0.0, 4000320.0, 0.0, -160.0)
     assert epsg_of(wkt_a) == 32633
     # the same area through thor:ee_grid gives the same grid: same tiling, same pixels, same model
     direct = tmp_path / "direct.tif"
-    run("ee_grid", {"EXTENT": extent, **tiny, "OUTPUT": str(direct)})
+    run("ee_grid", {"EXTENT": extent, **tiny, "SEAMS": "none", "OUTPUT": str(direct)})
     b, gt_b, _, _ = read_raster(direct)
     assert gt_b == gt_a
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
@@ -405,11 +451,13 @@ def test_qgis_process_runs_ee_grid(fake, tiny, tmp_path):
     doc = json.loads(r.stdout)
     res = doc["results"]
     assert res["OUTPUT"] == str(out)
-    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (18, 18, 192, 1)
+    # the default blends overlapping tiles: 3 x 3 tiles of the 1920 m step touch these 18 x 18 pixels
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (18, 18, 192, 9)
     ds = gdal.Open(str(out))
     assert ds.RasterCount == 192 and ds.GetGeoTransform() == (500000.0, 160.0, 0.0, 4000000.0, 0.0, -160.0)
     reqs = fake.compute_requests()
-    assert len(reqs) == 1 and reqs[0].path == f"/v1/projects/{DEFAULT_PROJECT}/image:computePixels"
+    assert len(reqs) == 9 == res["EE_REQUESTS"]
+    assert all(r.path == f"/v1/projects/{DEFAULT_PROJECT}/image:computePixels" for r in reqs)
 
 
 def test_ee_grid_from_the_toolbox_runs_off_the_main_thread_and_loads_styled(fake, tiny, tmp_path):

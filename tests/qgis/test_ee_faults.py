@@ -18,7 +18,9 @@ from tests.qgis.test_hardening import LogFeedback
 ee = pytest.importorskip("ee")
 
 RANDOM_TINY = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}
-ONE_TILE = "500000,502880,3997120,4000000 [EPSG:32633]"
+# exactly one tile of the zone's global 2880 m grid, written as one tile
+ONE_TILE = "501120,504000,3997440,4000320 [EPSG:32633]"
+ONE = {"SEAMS": "none"}
 COMPOSITE_AREA = "500000,500640,3999360,4000000 [EPSG:32633]"
 
 
@@ -51,7 +53,7 @@ def test_a_hung_server_fails_within_the_deadline_parameter(fake, tmp_path):
     fake.hang_s = 60.0
     t0 = time.monotonic()
     with pytest.raises(QgsProcessingException) as e:
-        run("ee_grid", {"EXTENT": ONE_TILE, **RANDOM_TINY, "PROJECT": DEFAULT_PROJECT, "REQUEST_DEADLINE": 1,
+        run("ee_grid", {"EXTENT": ONE_TILE, **RANDOM_TINY, **ONE, "PROJECT": DEFAULT_PROJECT, "REQUEST_DEADLINE": 1,
                         "OUTPUT": str(tmp_path / "out.tif")})
     took = time.monotonic() - t0
     msg = str(e.value)
@@ -128,7 +130,7 @@ def test_all_nan_pixels_are_no_data_and_not_cached(fake, tmp_path):
     os.environ["THOR_CACHE_DIR"] = str(cache)  # the ee_env fixture restores it
     fb = LogFeedback()
     out = tmp_path / "grid.tif"
-    run("ee_grid", {"EXTENT": ONE_TILE, **RANDOM_TINY, "PROJECT": DEFAULT_PROJECT, "START_DATE": "2023-06-01",
+    run("ee_grid", {"EXTENT": ONE_TILE, **RANDOM_TINY, **ONE, "PROJECT": DEFAULT_PROJECT, "START_DATE": "2023-06-01",
                     "END_DATE": "2023-09-01", "OUTPUT": str(out)}, fb)
     grid, *_ = read_raster(out)
     assert np.all(grid == -9999)  # nothing passed for an embedding

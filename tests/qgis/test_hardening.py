@@ -107,18 +107,20 @@ def test_a_huge_raster_extent_is_refused_with_an_estimate(plugin, small_raster, 
     msg = refused("grid_from_raster", {"INPUT": small_raster, **RANDOM_TINY,
                                        "EXTENT": "0,3000000,3000000,6000000 [EPSG:32633]",
                                        "OUTPUT": str(tmp_path / "out.tif")}, fb)
-    assert "1,085," in msg and "tiles of 2880 m" in msg and "limit of 10,000" in msg
+    assert "2,446,096 tiles of 2880 m" in msg and "limit of 10,000" in msg  # the default blended tiles
     assert "GB" in msg and "CPU" in msg and "THOR_MAX_TILES" in msg
     assert "Loading" not in fb.text and no_outputs(tmp_path) == []
 
 
 def test_the_tile_limit_can_be_raised_or_lowered(plugin, sample_raster, tmp_path, monkeypatch):
-    monkeypatch.setenv("THOR_MAX_TILES", "3")
-    msg = refused("grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": str(tmp_path / "o.tif")})
-    assert "needs 4 tiles" in msg and "limit of 3" in msg
-    monkeypatch.setenv("THOR_MAX_TILES", "4")
-    assert run("grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY,
-                                    "OUTPUT": str(tmp_path / "o.tif")})["TILES"] == 4
+    one = {"SEAMS": "none"}  # tiles side by side: the sample touches 3 x 3 tiles of the global grid
+    monkeypatch.setenv("THOR_MAX_TILES", "8")
+    msg = refused("grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, **one,
+                                       "OUTPUT": str(tmp_path / "o.tif")})
+    assert "needs 9 tiles" in msg and "limit of 8" in msg
+    monkeypatch.setenv("THOR_MAX_TILES", "9")
+    assert run("grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, **one,
+                                    "OUTPUT": str(tmp_path / "o.tif")})["TILES"] == 9
     monkeypatch.setenv("THOR_MAX_TILES", "many")
     assert "THOR_MAX_TILES must be a positive whole number" in refused(
         "grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": str(tmp_path / "p.tif")})
@@ -130,7 +132,8 @@ def test_nan_fill_value_leaves_the_padding_past_the_edge_as_nodata(plugin, tmp_p
     arr = np.full((10, 200, 200), 500.0, np.float32)
     src = write_raster(tmp_path / "edge.tif", arr, GT, epsg=32633)
     out = tmp_path / "out.tif"
-    run("grid_from_raster", {"INPUT": src, **RANDOM_TINY, "FILL_VALUE": "nan", "OUTPUT": str(out)})
+    run("grid_from_raster", {"INPUT": src, **RANDOM_TINY, "FILL_VALUE": "nan", "SEAMS": "none",
+                             "EXTENT": "600000,602880,5097120,5100000 [EPSG:32633]", "OUTPUT": str(out)})
     grid, *_ = read_raster(out)
     assert grid.shape[1:] == (18, 18)
     # 200 px = 2000 m of the tile's 2880 m: 12.5 of 18 cells per side hold imagery

