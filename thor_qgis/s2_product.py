@@ -34,7 +34,7 @@ from . import gdal_io
 from .errors import ThorInputError
 from .raster_source import RasterSource
 from .specs import S2_BANDS
-from .tiling import Bounds, TileLayout
+from .tiling import Bounds
 
 METADATA_NAMES = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
 SUBDATASET_PREFIXES = ("SENTINEL2_L2A:", "SENTINEL2_L1C:")

@@ -121,10 +121,13 @@ def test_nodata_pixels_stay_nodata(tmp_path):
 def test_layout_is_anchored_on_the_20m_grid(l2a_new):
     src = sp.open_product(l2a_new["safe"])
     b = src.bounds
-    layout = src.layout((b[0] + 10, b[1], b[2], b[3] - 30), 48, 3)  # odd 10 m pixels from the corner
-    x0, y1 = layout.origin_x, layout.origin_y
-    assert (x0 - b[0]) % 20 == 0 and (b[3] - y1) % 20 == 0
-    assert x0 <= b[0] + 10 and y1 >= b[3] - 30
+    # the global grid (tile corners at multiples of the step from the CRS origin) keeps them on the product's
+    # 20 m grid, whatever the area asked for: here odd 10 m pixels from the corner
+    for seams, margin in (("none", 0), ("crop", 1), ("blend", 0)):
+        layout = src.layout((b[0] + 10, b[1], b[2], b[3] - 30), 48, 3, margin=margin, seams=seams)
+        for tile in layout.tiles():
+            x0, y1 = tile.bounds[0], tile.bounds[3]
+            assert (x0 - b[0]) % 20 == 0 and (b[3] - y1) % 20 == 0, (seams, tile.bounds)
 
 
 def test_provenance_names_the_product(l2a_new):
@@ -213,9 +216,16 @@ def test_cached_blocks_are_released_row_by_row(l2a_new, monkeypatch):
     src._jp2_rows = 96  # pretend smaller tiles: the 48 px boxes below span three rows of them
     flushes = []
     monkeypatch.setattr(sp.RasterSource, "_drop_cached_blocks", lambda self: flushes.append(1))
-    layout = src.layout(src.bounds, 48, 3)
+    layout = src.layout(src.bounds, 48, 3, margin=0, seams="none")
     want = expected(l2a_new)
+    h, w = want.shape[1:]
+    jp2_rows = []
     for tile, arr, _valid in src.tiles(layout):
         c, r = int(round((tile.bounds[0] - 600000.0) / 10)), int(round((5000040.0 - tile.bounds[3]) / 10))
-        np.testing.assert_array_equal(arr, want[:, r:r + 48, c:c + 48])
-    assert len(flushes) == 2  # rows of 96 px: boxes starting at 0, 48 | 96, 144 | 192
+        r0, c0, r1, c1 = max(r, 0), max(c, 0), min(r + 48, h), min(c + 48, w)  # the part inside the product
+        np.testing.assert_array_equal(arr[:, r0 - r:r1 - r, c0 - c:c1 - c], want[:, r0:r1, c0:c1])
+        jp2_rows.append(r // 96)
+    # tiles of the global grid start 12 px above the product here: rows of 96 px are entered at -12, 84, 180;
+    # blocks are released each time a box moves into the next one, and only then
+    assert jp2_rows == sorted(jp2_rows) and len(set(jp2_rows)) >= 3
+    assert len(flushes) == len(set(jp2_rows)) - 1
