@@ -121,11 +121,11 @@ class RasterGridAlgorithm(ThorAlgorithm):
         add_raster_input_params(self, self.tr)
         self.addParameter(QgsProcessingParameterExtent(EXTENT, self.tr("Extent (default: the layer's)"),
                                                        optional=True))
+        P.add_scale_fill_params(self, self.tr)  # advanced: first of the advanced list, with the imagery
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
         add_dry_run_param(self, self.tr)
-        P.add_scale_fill_params(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
         add_plan_outputs(self, self.tr)
 

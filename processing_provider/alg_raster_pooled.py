@@ -170,9 +170,9 @@ class RasterPooledAlgorithm(ThorAlgorithm):
             SOURCE_VECTOR_ANY_GEOMETRY))
         add_raster_input_params(self, self.tr, RASTER)
         add_buffer_param(self, self.tr)
+        P.add_scale_fill_params(self, self.tr)  # advanced: first of the advanced list, with the imagery
         P.add_model_params(self, self.tr)
         P.add_pooling_param(self, self.tr)
-        P.add_scale_fill_params(self, self.tr)
         self.addParameter(QgsProcessingParameterFeatureSink(OUTPUT, self.tr("Pooled THOR embeddings")))
         self.addOutput(QgsProcessingOutputNumber("EMBEDDED", self.tr("Features embedded")))
 

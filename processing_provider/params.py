@@ -204,23 +204,28 @@ def add_pooling_param(alg, tr) -> None:
                               "choice, robust) or max (per channel, keeps the strongest response).")))
 
 
-def add_scale_fill_params(alg, tr) -> None:
-    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+def add_scale_fill_params(alg, tr, advanced: bool = True) -> None:
+    flag = _advanced if advanced else _help
+    alg.addParameter(flag(QgsProcessingParameterNumber(
         SCALE, tr("Pixel size (m)"), NUMBER_DOUBLE, defaultValue=10.0, minValue=0.1),
         tr("THOR reads Sentinel-2 at 10 m.")))
-    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+    alg.addParameter(flag(QgsProcessingParameterNumber(
         FILL_VALUE, tr("Fill value"), NUMBER_DOUBLE, defaultValue=0.0),
         tr("Value of pixels with no data (outside the imagery, masked).")))
 
 
 def add_sensor_params(alg, tr) -> None:
-    alg.addParameter(_advanced(QgsProcessingParameterString(
-        COLLECTION, tr("Earth Engine collection"), defaultValue=specs.DEFAULT_COLLECTION)))
-    alg.addParameter(QgsProcessingParameterNumber(
+    """The Earth Engine composite's sensor settings, together in the main list (after the dates)."""
+    alg.addParameter(_help(QgsProcessingParameterString(
+        COLLECTION, tr("Earth Engine collection"), defaultValue=specs.DEFAULT_COLLECTION),
+        tr("THOR was pretrained on Sentinel-2 L2A surface reflectance: COPERNICUS/S2_SR_HARMONIZED.")))
+    alg.addParameter(_help(QgsProcessingParameterNumber(
         CLOUDY_PCT, tr("Maximum cloudy pixel percentage"), NUMBER_DOUBLE,
-        defaultValue=30.0, minValue=0.0, maxValue=100.0))
-    alg.addParameter(_enum(COMPOSITE, tr("Composite"), specs.COMPOSITES, "median"))
-    add_scale_fill_params(alg, tr)
+        defaultValue=30.0, minValue=0.0, maxValue=100.0),
+        tr("Scenes whose CLOUDY_PIXEL_PERCENTAGE is above this are left out of the composite.")))
+    alg.addParameter(_help(_enum(COMPOSITE, tr("Composite"), specs.COMPOSITES, "median"),
+                           tr("How the scenes of the date range are combined per pixel.")))
+    add_scale_fill_params(alg, tr, advanced=False)
 
 
 def add_temporal_params(alg, tr, start: str = "2024-06-01", end: str = "2024-09-01") -> None:

@@ -346,3 +346,42 @@ def test_packages_folder_setting_is_where_the_plugin_looks(plugin, tmp_path, mon
             QgsSettings().remove(key)
         else:
             QgsSettings().setValue(key, before)
+
+
+# what belongs together in the dialogs, in this order: the imagery and area, the sensor and dates, Earth
+# Engine access, the model, the output
+_DIALOG_GROUPS = [
+    ("imagery", {"INPUT", "S2_PRODUCT", "FEATURES", "BAND_MAP", "DN_OFFSET", "EXTENT", "POINT", "BUFFER"}),
+    ("sensor and time", {"START_DATE", "END_DATE", "COLLECTION", "CLOUDY_PCT", "COMPOSITE", "SCALE", "FILL_VALUE"}),
+    ("Earth Engine access", {"PROJECT", "SERVICE_ACCOUNT_KEY", "FETCH_WORKERS", "REQUEST_DEADLINE", "USE_CACHE"}),
+    ("model", {"MODEL_KEY", "PRETRAINED", "CHECKPOINT", "IMAGE_SIZE", "PATCH_SIZE", "NORMALIZATION", "DEVICE",
+               "BACKEND", "BATCH_SIZE", "PRECISION", "DASK_SCHEDULER"}),
+    ("output", {"GROUP_MERGE", "POOLING", "SEAMS", "CONTEXT_MARGIN", "DRY_RUN", "OUTPUT"}),
+]
+
+
+def _rank(name):
+    for i, (_, names) in enumerate(_DIALOG_GROUPS):
+        if name in names:
+            return i
+    return None
+
+
+@pytest.mark.parametrize("alg_id", ["thor:grid_from_raster", "thor:pooled_from_raster", "thor:ee_composite",
+                                    "thor:ee_grid", "thor:ee_pooled"])
+def test_dialog_parameters_are_grouped(plugin, alg_id):
+    from thor_embeddings.processing_provider.compat import PARAMETER_ADVANCED as advanced_flag
+
+    alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+    lists = {True: [], False: []}
+    for d in alg.parameterDefinitions():
+        rank = _rank(d.name())
+        if rank is not None:
+            lists[bool(d.flags() & advanced_flag)].append((rank, d.name()))
+    for advanced, ranked in lists.items():
+        assert [r for r, _ in ranked] == sorted(r for r, _ in ranked), \
+            f"{alg_id} {'advanced' if advanced else 'main'} list out of group order: {[n for _, n in ranked]}"
+    # a group's parameters are never split between the main list and Advanced where the sensor is concerned
+    sensor = {name for advanced in lists for r, name in lists[advanced] if r == 1}
+    if sensor:
+        assert len({advanced for advanced in lists for r, _ in lists[advanced] if r == 1}) == 1, sensor
