@@ -35,11 +35,14 @@ def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nea
         FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), NUMBER_INTEGER,
         defaultValue=5, minValue=0, maxValue=50))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        SEED, alg.tr("Random seed (folds, sample limit, random forest)"), NUMBER_INTEGER,
-        defaultValue=0, minValue=0)))
+        SEED, alg.tr("Random seed"), NUMBER_INTEGER,
+        defaultValue=0, minValue=0),
+        alg.tr("Seeds the k-fold split, the subset of labelled cells beyond the limit below, and the random "
+               "forest: the same seed gives the same model and report.")))
     alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        MAX_SAMPLES, alg.tr("Most labelled cells to fit on (a random subset beyond)"),
-        NUMBER_INTEGER, defaultValue=20000, minValue=10)))
+        MAX_SAMPLES, alg.tr("Most labelled cells to fit on"),
+        NUMBER_INTEGER, defaultValue=20000, minValue=10),
+        alg.tr("Beyond this, a random subset (stratified by class, seeded) of the labelled cells is used.")))
 
 
 def optional_path(alg, parameters, name, context) -> str:

@@ -38,7 +38,7 @@ class ExtractSamplesAlgorithm(AnalysisAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_input()
-        add_labelled_params(self, self.tr, "Label field (optional, kept like every attribute)", field_optional=True)
+        add_labelled_params(self, self.tr, "Label field", field_optional=True)
         self.addParameter(_enum(MODE, self.tr("Rows"), ["cells", "feature_mean"], "cells"))
         self.addParameter(QgsProcessingParameterFeatureSink(OUTPUT, self.tr("Samples")))
         self.addParameter(QgsProcessingParameterFileDestination(

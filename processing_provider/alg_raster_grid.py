@@ -119,8 +119,8 @@ class RasterGridAlgorithm(ThorAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add_raster_input_params(self, self.tr)
-        self.addParameter(QgsProcessingParameterExtent(EXTENT, self.tr("Extent (default: the layer's)"),
-                                                       optional=True))
+        self.addParameter(P._help(QgsProcessingParameterExtent(EXTENT, self.tr("Extent"), optional=True),
+                                  self.tr("Empty: the extent of the raster layer or product.")))
         P.add_scale_fill_params(self, self.tr)  # advanced: first of the advanced list, with the imagery
         P.add_model_params(self, self.tr)
         P.add_grid_output_params(self, self.tr)

@@ -30,7 +30,7 @@ OUTPUT = "OUTPUT"
 
 def add_buffer_param(alg, tr) -> None:
     alg.addParameter(P._help(QgsProcessingParameterNumber(
-        BUFFER, tr("Square around points: half side (m)"),
+        BUFFER, tr("Point squares: half side (m)"),
         NUMBER_DOUBLE, defaultValue=None, optional=True, minValue=1.0),
         tr("Points take a square of side 2 × this around them; polygons and lines their bounding square. "
            "Empty: half a tile (image size × pixel size / 2; 1440 m by default), which reads the imagery with no "

@@ -56,12 +56,14 @@ class SimilaritySearchAlgorithm(AnalysisAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             THRESHOLD, self.tr("Similarity threshold for the mask"), NUMBER_DOUBLE,
             defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            TOP_K, self.tr("Number of most similar cells to return as points (0 = none)"),
-            NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=1000000))
+        top_k = QgsProcessingParameterNumber(
+            TOP_K, self.tr("Most similar cells as points"),
+            NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=1000000)
+        top_k.setHelp(self.tr("How many of the most similar cells to return as points (0: none)."))
+        self.addParameter(top_k)
         self.add_output()
         self.addParameter(QgsProcessingParameterRasterDestination(
-            MASK, self.tr("Mask (1 = at or above the threshold)"), optional=True, createByDefault=False))
+            MASK, self.tr("Mask (similarity ≥ threshold)"), optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFeatureSink(
             TOP, self.tr("Most similar cells"), SOURCE_VECTOR_POINT, optional=True, createByDefault=False))
 

@@ -20,8 +20,11 @@ class TrajectoryAlgorithm(AnalysisAlgorithm):
             "is nodata at any date is nodata.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterMultipleLayers(
-            INPUTS, self.tr("Embedding rasters, in time order (at least 3, same grid)"), QgsProcessing.SourceType.TypeRaster))
+        inputs = QgsProcessingParameterMultipleLayers(
+            INPUTS, self.tr("Embedding rasters (in time order)"), QgsProcessing.SourceType.TypeRaster)
+        inputs.setHelp(self.tr("At least three embedding rasters of the same place on the same grid, earliest "
+                               "first."))
+        self.addParameter(inputs)
         self.add_output()
 
     def execute(self, parameters, context, feedback):

@@ -36,7 +36,7 @@ class AnalysisAlgorithm(ThorAlgorithm):
     REQUIRES = ("osgeo",)
     OUTPUT_LABEL = "Output"
 
-    def add_input(self, name: str = INPUT, label: str = "Embedding raster (one band per channel)"):
+    def add_input(self, name: str = INPUT, label: str = "Embedding raster"):
         self.addParameter(QgsProcessingParameterRasterLayer(name, self.tr(label)))
 
     def add_output(self):

@@ -52,7 +52,7 @@ def configured_api_url() -> Optional[str]:
 
 
 def add_ee_params(alg, tr) -> None:
-    p = QgsProcessingParameterString(PROJECT, tr("Google Cloud project for Earth Engine"),
+    p = QgsProcessingParameterString(PROJECT, tr("Earth Engine project"),
                                      defaultValue=default_project(), optional=True)
     P._help(p, tr("The Cloud project registered for Earth Engine (requests are billed to and counted against "
                   "it). Empty: the project stored by `earthengine set_project`, the service account's own "

@@ -31,7 +31,7 @@ _SAFE_BAND_FILE = re.compile(r"^(.*?\.SAFE)[/\\]GRANULE[/\\].*\.jp2$", re.IGNORE
 
 def add_product_param(alg, tr) -> None:
     p = QgsProcessingParameterFile(
-        PRODUCT, tr("… or a Sentinel-2 product (.zip, .SAFE)"), behavior=FILE_BEHAVIOR_FILE,
+        PRODUCT, tr("… or a Sentinel-2 product"), behavior=FILE_BEHAVIOR_FILE,
         fileFilter="Sentinel-2 products (*.zip *.ZIP MTD_MSIL2A.xml MTD_MSIL1C.xml);;All files (*)",
         optional=True)
     P._help(p, tr("A Sentinel-2 L2A product as downloaded from the Copernicus Data Space: its .zip, its .SAFE "

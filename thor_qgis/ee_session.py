@@ -65,7 +65,7 @@ AUTH_HELP = (
     "run `earthengine authenticate` once in a terminal (or `ee.Authenticate()` in the QGIS Python console), "
     "or give the path of a service-account JSON key file")
 PROJECT_HELP = (
-    "set the Google Cloud project registered for Earth Engine (the 'Google Cloud project for Earth Engine' "
+    "set the Google Cloud project registered for Earth Engine (the 'Earth Engine project' "
     "field, or its default in the provider's settings: Settings > Options > Processing > Providers > THOR "
     "embeddings)")
 

@@ -535,7 +535,7 @@ def test_no_project_against_the_real_endpoint_says_to_set_it(plugin, ee_env, mon
         run("ee_composite", {"EXTENT": "500000,501000,4000000,4001000 [EPSG:32633]", "PROJECT": "",
                              "OUTPUT": str(out)})
     msg = str(err.value)
-    assert "no Google Cloud project" in msg and "'Google Cloud project for Earth Engine' field" in msg
+    assert "no Google Cloud project" in msg and "'Earth Engine project' field" in msg
     assert ("earthengine authenticate" in msg) is (not stored_credentials)
     assert "SECRET" not in msg
     assert _leftovers(tmp_path, "out_noproj") == []

@@ -317,7 +317,7 @@ def test_dialog_labels_are_short_and_the_terse_ones_have_help(plugin):
     """Long labels forced a horizontal scrollbar at the dialog's default size; the detail is in the help."""
     for alg in _thor_algorithms():
         for d in alg.parameterDefinitions():
-            assert len(d.description()) <= 60, f"{alg.id()} {d.name()}: '{d.description()}'"
+            assert len(d.description()) <= 40, f"{alg.id()} {d.name()}: '{d.description()}'"
             if d.name() in ("NORMALIZATION", "DEVICE", "BATCH_SIZE", "POOLING", "BAND_MAP", "CHECKPOINT",
                             "BUFFER", "SERVICE_ACCOUNT_KEY"):
                 assert len(d.help()) > 40, f"{alg.id()} {d.name()} has no help"
