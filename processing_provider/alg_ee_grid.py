@@ -124,7 +124,7 @@ class EEGridAlgorithm(ThorAlgorithm):
 
         def layout_for(grid_side):  # the UTM grid: tiles at multiples of the tile step from the zone's origin
             return global_layout(bounds, crs, sensor.scale_m, model.image_size, grid_side, seams=seams,
-                                 margin=margin)
+                                 margin=P.fitted_margin(margin, grid_side, model.image_size, seams, feedback))
 
         # the plan, before anything is opened or loaded (the specification gives the token grid)
         layout = layout_for(model.grid_side(sensor.scale_m))

@@ -149,7 +149,8 @@ class RasterGridAlgorithm(ThorAlgorithm):
         seams, margin = P.seams(self, parameters, context), P.context_margin(self, parameters, context)
 
         def layout_for(grid_side):
-            return source.layout(area, model.image_size, grid_side, margin=margin, seams=seams)
+            return source.layout(area, model.image_size, grid_side, seams=seams,
+                                 margin=P.fitted_margin(margin, grid_side, model.image_size, seams, feedback))
 
         # the plan, before the model is loaded (the specification gives the token grid)
         layout = layout_for(model.grid_side(sensor.scale_m))

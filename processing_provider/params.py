@@ -161,6 +161,19 @@ def context_margin(alg, parameters, context) -> int:
     return alg.parameterAsInt(parameters, CONTEXT_MARGIN, context)
 
 
+def fitted_margin(margin: int, grid_side: int, image_size: int, seams_mode: str, feedback=None) -> int:
+    """The margin a run uses: the default shrinks to fit a small token grid (and says so); a chosen one is
+    used as it is (and checked by the layout)."""
+    from ..thor_qgis.tiling import fit_margin
+
+    fitted = fit_margin(margin, grid_side, image_size, seams_mode)
+    if fitted != margin and feedback is not None and not getattr(feedback, "_thor_margin_said", False):
+        feedback.pushInfo(f"Margin of overlapping tiles: {fitted} token(s) instead of the default {margin}, the "
+                          f"most a {grid_side} x {grid_side} token grid allows with '{seams_mode}' tile edges.")
+        feedback._thor_margin_said = True
+    return fitted
+
+
 def seams(alg, parameters, context) -> str:
     if alg.parameterDefinition(SEAMS) is None:
         return "crop"
@@ -169,11 +182,12 @@ def seams(alg, parameters, context) -> str:
 
 def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale_m: float) -> None:
     """For ``checkParameterValues``: the margin against the token grid, before the model is loaded."""
-    from ..thor_qgis.tiling import check_margin
+    from ..thor_qgis.tiling import check_margin, fit_margin
 
+    n, mode = model.grid_side(scale_m), seams(alg, parameters, context)
     try:
-        check_margin(context_margin(alg, parameters, context), model.grid_side(scale_m), model.image_size,
-                     seams(alg, parameters, context))
+        check_margin(fit_margin(context_margin(alg, parameters, context), n, model.image_size, mode), n,
+                     model.image_size, mode)
     except ThorInputError as e:
         raise QgsProcessingException(str(e)) from None
 

@@ -219,6 +219,19 @@ def check_margin(margin: int, grid_side: int, image_size: int, seams: str = "cro
     return margin
 
 
+def fit_margin(margin: int, grid_side: int, image_size: int, seams: str = DEFAULT_SEAMS) -> int:
+    """``margin``; or, when it is the default (DEFAULT_MARGIN) and too large for this token grid (a small image
+    size, a large patch size), the largest margin that fits. A margin the user chose is checked, not changed."""
+    if int(margin) != DEFAULT_MARGIN:
+        return int(margin)
+    for m in range(DEFAULT_MARGIN, -1, -1):
+        try:
+            return check_margin(m, grid_side, image_size, seams)
+        except ThorInputError:
+            continue
+    return 0
+
+
 def _check_bounds(bounds: Bounds) -> Bounds:
     xmin, ymin, xmax, ymax = (float(b) for b in bounds)
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
@@ -240,7 +253,7 @@ def global_layout(bounds: Bounds, crs: str, scale_m: float, image_size: int, gri
     """The tiles of the global grid (anchored at ``anchor``, the CRS origin by default) that ``bounds``
     needs, and the output cropped to ``bounds`` on the token grid (see the module's docstring)."""
     seams = check_seams(seams)
-    margin = check_margin(margin, grid_side, image_size, seams)
+    margin = check_margin(fit_margin(margin, grid_side, image_size, seams), grid_side, image_size, seams)
     xmin, ymin, xmax, ymax = _check_bounds(bounds)
     n = int(grid_side)
     g = float(scale_m) * int(image_size)

@@ -26,7 +26,7 @@ from tests.s2_safe import make_product
 
 # a tiny model with random weights (seed 0, the same in every run of this process), 96 px tiles: the
 # 240 px product makes 3 x 3 tiles, the last row and column partly outside the product
-MODEL = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False, "IMAGE_SIZE": 96, "CONTEXT_MARGIN": 1}  # 6 x 6 tokens
+MODEL = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False, "IMAGE_SIZE": 96}  # 6 x 6 tokens: the default margin shrinks to fit
 THOR_ORDER = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 
 
@@ -231,7 +231,7 @@ def test_model_with_a_product_file_input(plugin, n0400, grid_of_stack_with_manua
 def test_qgis_process_on_the_safe_folder(plugin, n0400, grid_of_stack_with_manual_offset, tmp_path):
     out = tmp_path / "cli.tif"
     r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"S2_PRODUCT={n0400['safe']}",
-                         "MODEL_KEY=thor_v1_tiny", "PRETRAINED=false", "IMAGE_SIZE=96", "CONTEXT_MARGIN=1", f"OUTPUT={out}")
+                         "MODEL_KEY=thor_v1_tiny", "PRETRAINED=false", "IMAGE_SIZE=96", f"OUTPUT={out}")
     assert r.returncode == 0, r.stderr + r.stdout
     assert json.loads(r.stdout)["results"]["TILES"] >= 9
     np.testing.assert_allclose(read_raster(out)[0], grid_of_stack_with_manual_offset, atol=1e-5, rtol=0)

@@ -385,3 +385,21 @@ def test_dialog_parameters_are_grouped(plugin, alg_id):
     sensor = {name for advanced in lists for r, name in lists[advanced] if r == 1}
     if sensor:
         assert len({advanced for advanced in lists for r, _ in lists[advanced] if r == 1}) == 1, sensor
+
+
+def test_default_margin_shrinks_to_fit_a_small_token_grid(plugin, sample_raster, tmp_path):
+    """Changing only the image size must not fail on the default margin (3 tokens needs a 12 x 12 token grid
+    for blending); a margin the user chose is still checked."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    feedback = _Recorder()
+    res = processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "IMAGE_SIZE": 96,
+                                                   "OUTPUT": str(tmp_path / "g.tif")},
+                         context=QgsProcessingContext(), feedback=feedback)
+    assert res["BANDS"] == 192
+    said = [m for m in feedback.infos if "instead of the default 3" in m]
+    assert len(said) == 1 and "1 token(s)" in said[0] and "6 x 6" in said[0], said
+    with pytest.raises(QgsProcessingException, match="margin must be 0 to 1"):
+        processing.run("thor:grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "IMAGE_SIZE": 96,
+                                                 "CONTEXT_MARGIN": 2, "OUTPUT": str(tmp_path / "g2.tif")})
