@@ -3,53 +3,15 @@ and an optional saved model."""
 from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
 
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import GROUP_MAPPING, callbacks
-from .compat import NUMBER_INTEGER
-from .features import ALL_TOUCHED, add_labelled_params, read_labelled
-from .params import _advanced, _enum
+from .features import (ACCURACY, ALL_TOUCHED, CONFIDENCE, FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER,
+                       REPORT, REPORT_FILTER, SEED, add_labelled_params, add_learning_params, optional_path,
+                       read_labelled)
 from .styling import attach, style_confidence, style_labelled_classes
-
-METHOD = "METHOD"
-K = "K"
-FOLDS = "FOLDS"
-SEED = "SEED"
-MAX_SAMPLES = "MAX_SAMPLES"
-CONFIDENCE = "CONFIDENCE"
-REPORT = "REPORT"
-MODEL = "MODEL"
-ACCURACY = "OVERALL_ACCURACY"
-REPORT_FILTER = "HTML files (*.html);;Markdown files (*.md)"
-MODEL_FILTER = "THOR model files (*.npz)"
-
-
-def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nearest neighbours)"):
-    alg.addParameter(_enum(METHOD, alg.tr("Method"), methods, default))
-    alg.addParameter(QgsProcessingParameterNumber(
-        K, alg.tr(k_label), NUMBER_INTEGER, defaultValue=5, minValue=1))
-    alg.addParameter(QgsProcessingParameterNumber(
-        FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), NUMBER_INTEGER,
-        defaultValue=5, minValue=0, maxValue=50))
-    alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        SEED, alg.tr("Random seed"), NUMBER_INTEGER,
-        defaultValue=0, minValue=0),
-        alg.tr("Seeds the k-fold split, the subset of labelled cells beyond the limit below, and the random "
-               "forest: the same seed gives the same model and report.")))
-    alg.addParameter(_advanced(QgsProcessingParameterNumber(
-        MAX_SAMPLES, alg.tr("Most labelled cells to fit on"),
-        NUMBER_INTEGER, defaultValue=20000, minValue=10),
-        alg.tr("Beyond this, a random subset (stratified by class, seeded) of the labelled cells is used.")))
-
-
-def optional_path(alg, parameters, name, context) -> str:
-    if parameters.get(name) is None:
-        return ""
-    return alg.parameterAsFileOutput(parameters, name, context) or ""
-
 
 class ClassifyAlgorithm(AnalysisAlgorithm):
     GROUP = GROUP_MAPPING

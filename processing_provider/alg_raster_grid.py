@@ -175,9 +175,13 @@ class RasterGridAlgorithm(ThorAlgorithm):
         record = provenance(model, output, sensor, source={
             "kind": "raster", "path": source.path, "band_map": list(source.band_map),
             "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled, **product_record(source)})
-        result = pipeline.write_grid(layout, read_ahead(source.tiles(layout)), embedder, output.group_merge, dest,
-                                     metadata=record, fill_value=sensor.fill_value, progress=progress,
-                                     is_canceled=is_canceled, log=log, progress_text=feedback.setProgressText)
+        tiles = read_ahead(source.tiles(layout))
+        try:
+            result = pipeline.write_grid(layout, tiles, embedder, output.group_merge, dest, metadata=record,
+                                         fill_value=sensor.fill_value, progress=progress, is_canceled=is_canceled,
+                                         log=log, progress_text=feedback.setProgressText)
+        finally:
+            tiles.close()  # stops the reading thread at once on an error or a cancel
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest

@@ -1,11 +1,10 @@
 """Regress a numeric value over an embedding raster from labelled points or polygons."""
 from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterFileDestination
 
-from .alg_classify import (FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER, REPORT, REPORT_FILTER, SEED, add_learning_params,
-                           optional_path)
 from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
 from .base import GROUP_MAPPING, callbacks
-from .features import ALL_TOUCHED, add_labelled_params, read_labelled
+from .features import (ALL_TOUCHED, FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER, REPORT, REPORT_FILTER, SEED,
+                       add_labelled_params, add_learning_params, optional_path, read_labelled)
 from .styling import style_values
 
 R2 = "R2"

@@ -114,7 +114,8 @@ class ThorAlgorithm(QgsProcessingAlgorithm):
         if any(m in INSTALLABLE for m in missing):
             text += (" Install them with Plugins ▸ THOR embeddings ▸ Install dependencies… (no restart needed), "
                      "or headless: in the plugin folder, run `python3 -m thor_qgis.deps install` with the Python "
-                     "that QGIS uses; they go into the plugin's own folder (or $THOR_DEPS_DIR).")
+                     "that QGIS uses. They go into a folder of the plugin's in your QGIS profile (or the packages folder "
+                     "in the provider's settings, or $THOR_DEPS_DIR), never into QGIS's own Python.")
         return text
 
     def canExecute(self):  # noqa: N802

@@ -8,10 +8,12 @@ from qgis.core import (
     QgsField,
     QgsFields,
     QgsGeometry,
+    QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
 
-from .compat import FIELD_DOUBLE, FIELD_STRING, GEOMETRY_POINT
+from .compat import FIELD_DOUBLE, FIELD_STRING, GEOMETRY_POINT, NUMBER_INTEGER
+from .params import _advanced, _enum
 from ..thor_qgis.tiling import Bounds, bounding_square, square_around
 
 STATUS_FIELD = "thor_status"
@@ -162,3 +164,42 @@ def read_labelled(alg, parameters, context, crs_wkt: str, feedback, need_field: 
     finally:
         del source
     return meta, field, data
+
+
+# --- learning from labelled features (thor:classify, thor:regress) ---------------------------------------
+
+METHOD = "METHOD"
+K = "K"
+FOLDS = "FOLDS"
+SEED = "SEED"
+MAX_SAMPLES = "MAX_SAMPLES"
+CONFIDENCE = "CONFIDENCE"
+REPORT = "REPORT"
+MODEL = "MODEL"
+ACCURACY = "OVERALL_ACCURACY"
+REPORT_FILTER = "HTML files (*.html);;Markdown files (*.md)"
+MODEL_FILTER = "THOR model files (*.npz)"
+
+
+def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nearest neighbours)"):
+    alg.addParameter(_enum(METHOD, alg.tr("Method"), methods, default))
+    alg.addParameter(QgsProcessingParameterNumber(
+        K, alg.tr(k_label), NUMBER_INTEGER, defaultValue=5, minValue=1))
+    alg.addParameter(QgsProcessingParameterNumber(
+        FOLDS, alg.tr("Folds for k-fold validation (0 = none)"), NUMBER_INTEGER,
+        defaultValue=5, minValue=0, maxValue=50))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        SEED, alg.tr("Random seed"), NUMBER_INTEGER,
+        defaultValue=0, minValue=0),
+        alg.tr("Seeds the k-fold split, the subset of labelled cells beyond the limit below, and the random "
+               "forest: the same seed gives the same model and report.")))
+    alg.addParameter(_advanced(QgsProcessingParameterNumber(
+        MAX_SAMPLES, alg.tr("Most labelled cells to fit on"),
+        NUMBER_INTEGER, defaultValue=20000, minValue=10),
+        alg.tr("Beyond this, a random subset (stratified by class, seeded) of the labelled cells is used.")))
+
+
+def optional_path(alg, parameters, name, context) -> str:
+    if parameters.get(name) is None:
+        return ""
+    return alg.parameterAsFileOutput(parameters, name, context) or ""

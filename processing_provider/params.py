@@ -176,7 +176,9 @@ def fitted_margin(margin: int, grid_side: int, image_size: int, seams_mode: str,
 
 def seams(alg, parameters, context) -> str:
     if alg.parameterDefinition(SEAMS) is None:
-        return "crop"
+        from ..thor_qgis.tiling import DEFAULT_SEAMS
+
+        return DEFAULT_SEAMS
     return _enum_value(alg, parameters, SEAMS, context)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import output_files
-from .errors import ThorInputError, ThorOutputError
+from .errors import ThorInputError
 
 GeoTransform = Tuple[float, float, float, float, float, float]
 

@@ -212,8 +212,11 @@ def test_grid_on_the_real_sentinel2_sample(plugin, tmp_path):
     """The bundled real L1C crop (sample/): its UTM 18N grid kept, finite embeddings. Its corner (443220,
     4175560) is not on the 160 m token grid: the output covers it snapped outwards, 37 x 37 pixels, from the
     5 x 5 tiles of the default blending that touch it."""
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sample",
-                       "s2_l1c_eastern_shore_576.tif")
+    import shutil
+
+    src = str(tmp_path / "s2_l1c_eastern_shore_576.tif")  # a copy: QGIS writes .aux.xml files beside inputs
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                             "sample", "s2_l1c_eastern_shore_576.tif"), src)
     out = tmp_path / "real_grid.tif"
     res = run("grid_from_raster", {"INPUT": src, **TINY, "OUTPUT": str(out)})
     assert (res["WIDTH"], res["HEIGHT"], res["BANDS"], res["TILES"]) == (37, 37, 192, 25)

@@ -376,8 +376,8 @@ def test_dialog_parameters_are_grouped(plugin, alg_id):
     lists = {True: [], False: []}
     for d in alg.parameterDefinitions():
         rank = _rank(d.name())
-        if rank is not None:
-            lists[bool(d.flags() & advanced_flag)].append((rank, d.name()))
+        assert rank is not None, f"{alg_id}: parameter {d.name()} belongs to no group of the dialog layout"
+        lists[bool(d.flags() & advanced_flag)].append((rank, d.name()))
     for advanced, ranked in lists.items():
         assert [r for r, _ in ranked] == sorted(r for r, _ in ranked), \
             f"{alg_id} {'advanced' if advanced else 'main'} list out of group order: {[n for _, n in ranked]}"
