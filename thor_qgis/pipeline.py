@@ -4,7 +4,8 @@ The imagery source is any iterator of ``(tile, [10, S, S] array)`` or ``(tile, a
 (a local raster, or Earth Engine fetches running ahead in threads). Tiles go through the model in
 batches and each tile's ``n x n`` grid is written where the layout puts it (one tile per cell, or the
 weighted mean of overlapping tiles): neither the mosaic of imagery nor the output is ever held in memory
-whole.
+whole. The embedding (:func:`embed_tiles`) and the writing (:func:`write_embedded_grid`) are two stages, so
+that the tiles can also be embedded elsewhere (:mod:`.distributed`) and written here.
 """
 from __future__ import annotations
 
@@ -63,17 +64,83 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     "tile 37 of 64 · 12 s left"); a cancel is checked between tiles and inside the model's forward.
     On an error or a cancel, no file is left at ``path``.
     """
+    grids = embed_tiles(source, embedder, group_merge, fill_value, is_canceled)
+    return write_embedded_grid(layout, grids, embedder, group_merge, path, metadata=metadata,
+                               progress=progress, is_canceled=is_canceled, log=log, progress_text=progress_text)
+
+
+def tile_cells(arr: np.ndarray, valid: Optional[float], fill_value: float, n: int) -> Optional[np.ndarray]:
+    """The [n, n] cells of a tile's token grid that hold data, or None when the tile has no valid pixel
+    (see :func:`valid_pixels`; ``valid``: the source's valid fraction, if it knows it)."""
+    pixels = valid_pixels(arr, fill_value)
+    if valid is None:
+        valid = float(pixels.mean())
+    return cells_with_data(pixels, n) if valid > 0 else None
+
+
+def embed_tiles(source: Iterable[tuple], embedder, group_merge: str, fill_value: float = 0.0,
+                is_canceled: Optional[Callable[[], bool]] = None
+                ) -> Iterator[Tuple[Tile, Optional[np.ndarray], Optional[np.ndarray]]]:
+    """``(tile, [C, n, n] grid, [n, n] cells with data)`` for each tile of ``source``, in its order;
+    ``(tile, None, None)`` for a tile with no valid pixel. Tiles with data go through the model in
+    batches of its batch size (consecutive tiles with data); a cancel is checked between tiles and
+    inside the model's forward."""
+    is_canceled = is_canceled or _never
+    n = embedder.grid_side()
+    batch_size = max(1, int(getattr(embedder, "batch_size", 4)))
+    pending: List[Tuple[Tile, Optional[np.ndarray], Optional[np.ndarray]]] = []  # in order, empty ones too
+    count = 0  # tiles with data in pending
+
+    def flush() -> List[Tuple[Tile, Optional[np.ndarray], Optional[np.ndarray]]]:
+        nonlocal count
+        todo = [(i, a) for i, (_, a, _) in enumerate(pending) if a is not None]
+        out = [(t, None, None) for t, _, _ in pending]
+        if todo:
+            if is_canceled():
+                raise ThorCanceled("canceled")
+            with cancel_inside_forward(embedder, is_canceled):
+                grids = embedder.grid(np.stack([a for _, a in todo]), group_merge=group_merge)
+            for (i, _), g in zip(todo, grids):
+                out[i] = (pending[i][0], g, pending[i][2])
+        pending.clear()
+        count = 0
+        return out
+
+    for tile, arr, valid in _items(source):
+        if is_canceled():
+            raise ThorCanceled("canceled")
+        cells = tile_cells(arr, valid, fill_value, n)
+        if cells is None:
+            pending.append((tile, None, None))  # nothing to embed
+        else:
+            pending.append((tile, arr, cells))
+            count += 1
+        if count >= batch_size or (count == 0 and pending):
+            yield from flush()
+    yield from flush()
+
+
+def write_embedded_grid(layout: TileLayout, grids: Iterable[Tuple[Tile, Optional[np.ndarray], Optional[np.ndarray]]],
+                        model, group_merge: str, path: str, metadata: Optional[Dict[str, Any]] = None,
+                        progress: Optional[Callable[[float], None]] = None,
+                        is_canceled: Optional[Callable[[], bool]] = None,
+                        log: Optional[Callable[[str], None]] = None,
+                        progress_text: Optional[Callable[[str], None]] = None) -> GridResult:
+    """Write the token grids of ``grids`` (what :func:`embed_tiles` yields, every tile of ``layout`` in
+    layout order, from this process or from workers) to the GeoTIFF ``path``: the one writer of every
+    grid run. ``model`` describes the grids (``grid_channels``, ``grid_side``, ``grid_info``,
+    ``metadata``): an Embedder, or what workers reported of theirs. On an error or a cancel, no file is
+    left at ``path``."""
     is_canceled = is_canceled or _never
     log = log or (lambda _m: None)
-    channels = embedder.grid_channels(group_merge)
-    n = embedder.grid_side()
+    channels = model.grid_channels(group_merge)
+    n = model.grid_side()
     if n != layout.grid_side:
         raise ValueError(f"layout grid side {layout.grid_side} != model grid side {n}")
     width, height = layout.output_size()
     record: Dict[str, Any] = dict(metadata or {})
-    record.setdefault("engine", {}).update(embedder.metadata)
-    record["grid"] = dict(embedder.grid_info(group_merge), **layout.record())
-    batch_size = max(1, int(getattr(embedder, "batch_size", 4)))
+    record.setdefault("engine", {}).update(model.metadata)
+    record["grid"] = dict(model.grid_info(group_merge), **layout.record())
     total = layout.n_tiles
     tracker = TileProgress(total, progress, progress_text)
     weights = layout.weights()
@@ -81,8 +148,8 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
     # the output row below which each layout row of tiles is complete
     row_ends = [min(height, (layout.row0 + r + 1) * k + e - layout.out_row0) for r in range(layout.tiles_y)]
     items = {
-        "THOR_MODEL": embedder.metadata.get("model_key", ""),
-        "THOR_WEIGHTS": json.dumps(embedder.metadata.get("weights", {}), sort_keys=True),
+        "THOR_MODEL": model.metadata.get("model_key", ""),
+        "THOR_WEIGHTS": json.dumps(model.metadata.get("weights", {}), sort_keys=True),
         "THOR_GROUP_MERGE": group_merge,
     }
     embedded = 0
@@ -91,51 +158,30 @@ def write_grid(layout: TileLayout, source: Iterable[tuple], embedder, group_merg
                                nodata=GRID_NODATA, band_names=gdal_io.list_band_names(channels),
                                strip_rows=strip) as out:
         rows = _RowAccumulator(out, channels, width, height, strip)
-        pending: List[Tuple[Tile, np.ndarray, np.ndarray]] = []
-        seen = 0  # tiles taken from the source, in layout order
-
-        def flush() -> None:
-            nonlocal embedded
-            if not pending:
-                return
-            if is_canceled():
-                raise ThorCanceled("canceled")
-            with cancel_inside_forward(embedder, is_canceled):
-                grids = embedder.grid(np.stack([a for _, a, _ in pending]), group_merge=group_merge)
-            for (tile, _, cells), g in zip(pending, grids):
-                xoff, yoff, _, _ = layout.output_window(tile)
-                rows.add(layout.written(g), weights * layout.written(cells), xoff, yoff)
-            embedded += len(pending)
-            tracker.add_embedded(len(pending))
-            pending.clear()
+        seen = 0  # tiles done, in layout order
 
         def release() -> None:
             # rows of tiles all embedded: the output rows no later tile reaches are final
-            done = seen - len(pending)
-            complete = done // layout.tiles_x if done < total else layout.tiles_y
+            complete = seen // layout.tiles_x if seen < total else layout.tiles_y
             if complete:
                 rows.release(layout.rows_final_after(complete - 1))
             tracker.set_written(layout.tiles_x * sum(1 for end in row_ends if end <= rows.base))
 
         tracker.start()
-        for tile, arr, valid in _items(source):
+        for tile, g, cells in grids:
             if is_canceled():
                 raise ThorCanceled("canceled")
-            pixels = valid_pixels(arr, fill_value)
-            if valid is None:
-                valid = float(pixels.mean())
+            if tile.index != seen:
+                raise ValueError(f"tile {tile.index} came in place of tile {seen}")  # a driver bug
             seen += 1
-            if valid > 0:
-                pending.append((tile, arr, cells_with_data(pixels, n)))
-            else:
-                tracker.add_embedded(1)  # nothing to embed: the tile is done
-            if len(pending) >= batch_size:
-                flush()
-                release()
-        flush()
+            if g is not None:
+                xoff, yoff, _, _ = layout.output_window(tile)
+                rows.add(layout.written(g), weights * layout.written(cells), xoff, yoff)
+                embedded += 1
+            tracker.add_embedded(1)
+            release()
         if seen != total:
             raise ValueError(f"the imagery source gave {seen} tile(s) for a layout of {total}")
-        release()
         rows.finish()
         tracker.set_written(total)
         record["grid"]["tiles_embedded"] = embedded

@@ -114,15 +114,19 @@ class TileLayout:
 
     def tiles(self) -> Iterator[Tile]:
         """Tiles in row-major order; ``bounds`` is the imagery a tile reads (margin included)."""
+        for i in range(self.n_tiles):
+            yield self.tile(i)
+
+    def tile(self, index: int) -> Tile:
+        """Tile number ``index`` of :meth:`tiles` (row-major)."""
+        if not 0 <= index < self.n_tiles:
+            raise IndexError(f"tile {index} of a layout of {self.n_tiles}")
+        r, c = divmod(int(index), self.tiles_x)
         g, step = self.tile_size_m, self.step_m
         pad = self.margin * self.output_pixel_size()
-        i = 0
-        for r in range(self.tiles_y):
-            for c in range(self.tiles_x):
-                x0 = self.anchor_x + (self.col0 + c) * step - pad
-                y1 = self.anchor_y - (self.row0 + r) * step + pad
-                yield Tile(i, r, c, (x0, y1 - g, x0 + g, y1))
-                i += 1
+        x0 = self.anchor_x + (self.col0 + c) * step - pad
+        y1 = self.anchor_y - (self.row0 + r) * step + pad
+        return Tile(int(index), r, c, (x0, y1 - g, x0 + g, y1))
 
     def written(self, grid):
         """The part of a tile's [..., n, n] token grid that goes into the output (its centre when cropping)."""
