@@ -5,6 +5,7 @@ from qgis.core import (
     QgsProcessingParameterPoint,
 )
 
+from . import cluster
 from . import ee_params as E
 from . import params as P
 from .alg_raster_pooled import BUFFER, add_buffer_param, buffer_m
@@ -70,6 +71,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
         add_dry_run_param(self, self.tr)
+        cluster.add_dask_param(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
         add_plan_outputs(self, self.tr)
 
@@ -139,6 +141,10 @@ class EEGridAlgorithm(ThorAlgorithm):
             return plan_outputs(plan)
         E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
+        on_cluster = cluster.scheduler(self, parameters, context)
+        if on_cluster is not None:  # the workers open the session and fetch the tiles
+            return self._on_cluster(on_cluster, layout, layout_for, model, output, sensor, temporal, cfg, workers,
+                                    area, bounds, crs, half, dest, feedback)
 
         # the session first: a missing project or credentials is reported before the model is loaded
         session = E.open_session(cfg, feedback)
@@ -173,3 +179,35 @@ class EEGridAlgorithm(ThorAlgorithm):
         self._dest = dest
         return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
                     BANDS=result.band_count, TILES=result.tiles, EE_REQUESTS=stats.requests)
+
+    def _on_cluster(self, spec, layout, layout_for, model, output, sensor, temporal, cfg, workers, area, bounds, crs,
+                    half, dest, feedback):
+        from ..thor_qgis import distributed, ee_session
+
+        feedback.pushInfo(f"Running on {spec.describe()}: each worker opens its own Earth Engine session (project "
+                          f"{cfg.project or 'from its credentials'}; "
+                          + ("the key file at the same path" if cfg.service_account_key else "its own credentials")
+                          + ") and fetches its tiles.")
+        progress, is_canceled, log = callbacks(feedback)
+        area_rec = dict(area.as_record(), utm_bounds=list(bounds), utm_crs=crs)
+        if half is not None:
+            area_rec["buffer_m"] = half
+        imagery = distributed.EarthEngineImagery(sensor, temporal, project=cfg.project,
+                                                 api_url=ee_session.resolve_api_url(cfg.api_url),
+                                                 service_account_key=cfg.service_account_key, cache=cfg.cache,
+                                                 deadline_s=cfg.policy().deadline_s)
+        work = distributed.GridWork(layout=layout, model=model, imagery=imagery, group_merge=output.group_merge,
+                                    scale_m=sensor.scale_m, fill_value=sensor.fill_value)
+
+        def record_for(ready):
+            return provenance(model, output, sensor, temporal,
+                              source=E.source_record(sensor, temporal, ready.session, cfg, workers, area=area_rec))
+
+        result, layout = cluster.run_grid(spec, work, dest, record_for, layout_for, feedback, progress, is_canceled,
+                                          log, feedback.setProgressText)
+        plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
+        feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
+                          f"{result.band_count} bands.")
+        self._dest = dest
+        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+                    BANDS=result.band_count, TILES=result.tiles, EE_REQUESTS=layout.n_tiles)

@@ -8,6 +8,7 @@ from qgis.core import (
 )
 
 from . import params as P
+from . import cluster
 from ..thor_qgis.errors import ThorInputError
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE
@@ -126,6 +127,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
         add_dry_run_param(self, self.tr)
+        cluster.add_dask_param(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
         add_plan_outputs(self, self.tr)
 
@@ -165,6 +167,9 @@ class RasterGridAlgorithm(ThorAlgorithm):
             return plan_outputs(plan)
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
         P.check_grid_size(layout, model, output, sensor.scale_m, hint="Check the extent and its CRS. ")
+        on_cluster = cluster.scheduler(self, parameters, context)
+        if on_cluster is not None:
+            return self._on_cluster(on_cluster, layout, layout_for, model, output, sensor, source, dest, feedback)
         embedder = open_embedder(model, sensor.scale_m, feedback)
         if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
             layout = layout_for(embedder.grid_side())
@@ -182,6 +187,29 @@ class RasterGridAlgorithm(ThorAlgorithm):
                                          log=log, progress_text=feedback.setProgressText)
         finally:
             tiles.close()  # stops the reading thread at once on an error or a cancel
+        feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
+                          f"{result.band_count} bands.")
+        self._dest = dest
+        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+                    BANDS=result.band_count, TILES=result.tiles)
+
+    def _on_cluster(self, spec, layout, layout_for, model, output, sensor, source, dest, feedback):
+        from ..thor_qgis import distributed
+
+        feedback.pushInfo(f"Running on {spec.describe()}: each worker reads the "
+                          f"{'product' if getattr(source, 'product', None) else 'raster'} at {source.path}.")
+        progress, is_canceled, log = callbacks(feedback)
+        record = provenance(model, output, sensor, source={
+            "kind": "raster", "path": source.path, "band_map": list(source.band_map),
+            "dn_offset": source.dn_offset, "resampled_to_scale": source.resampled, **product_record(source)})
+        imagery = distributed.RasterImagery(source.path, band_map=tuple(source.band_map), dn_offset=source.dn_offset,
+                                            scale_m=sensor.scale_m, fill_value=sensor.fill_value,
+                                            product=bool(getattr(source, "product", None)))
+        work = distributed.GridWork(layout=layout, model=model, imagery=imagery, group_merge=output.group_merge,
+                                    scale_m=sensor.scale_m, fill_value=sensor.fill_value)
+        result, layout = cluster.run_grid(spec, work, dest, lambda _ready: record, layout_for, feedback, progress,
+                                          is_canceled, log, feedback.setProgressText)
+        plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest

@@ -31,7 +31,6 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -131,6 +130,7 @@ class RasterImagery:
     dn_offset: float = 0.0
     scale_m: float = 10.0
     fill_value: float = 0.0
+    product: bool = False  # a Sentinel-2 product (.zip, .SAFE, MTD_MSIL*.xml), assembled on the worker
 
 
 @dataclass(frozen=True)
@@ -243,8 +243,13 @@ def _raster(imagery: RasterImagery):
     src = cache.get(imagery)
     if src is None:
         cache.clear()
-        src = RasterSource(imagery.path, band_map=imagery.band_map, dn_offset=imagery.dn_offset,
-                           scale_m=imagery.scale_m, fill_value=imagery.fill_value)
+        if imagery.product:
+            from .s2_product import S2ProductSource
+
+            src = S2ProductSource(imagery.path, scale_m=imagery.scale_m, fill_value=imagery.fill_value)
+        else:
+            src = RasterSource(imagery.path, band_map=imagery.band_map, dn_offset=imagery.dn_offset,
+                               scale_m=imagery.scale_m, fill_value=imagery.fill_value)
         cache[imagery] = src
     return src
 
@@ -337,19 +342,21 @@ def embed_batch(work: GridWork, indices: Sequence[int]) -> BatchResult:
 
 
 def _worker_python() -> Optional[str]:
-    """The Python interpreter that starts local worker processes when this process is not a Python (QGIS
-    embeds one: its executable is QGIS's): $THOR_DASK_PYTHON, else the embedded Python's own binary."""
+    """The Python interpreter that starts local worker processes when ``sys.executable`` is not this Python
+    (QGIS embeds Python: its ``sys.executable`` is QGIS's binary, or whatever ``python3`` its PATH finds):
+    $THOR_DASK_PYTHON, else the interpreter of the installation this Python runs from. None: keep it."""
     explicit = os.environ.get(ENV_WORKER_PYTHON, "").strip()
     if explicit:
         return explicit
-    if os.path.basename(sys.executable or "").lower().startswith("python"):
+    exe = sys.executable or ""
+    home = os.path.realpath(sys.base_exec_prefix)
+    if os.path.basename(exe).lower().startswith("python") and \
+            os.path.realpath(exe).startswith(home + os.sep):
         return None
     v = f"{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [os.path.join(sys.exec_prefix, "bin", f"python{v}"), os.path.join(sys.exec_prefix, "bin", "python3"),
-                  os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.exec_prefix, "python3.exe"),
-                  shutil.which(f"python{v}") or "", shutil.which("python3") or ""]
-    for c in candidates:
-        if c and os.path.isfile(c):
+    for c in (os.path.join(home, "bin", f"python{v}"), os.path.join(home, "bin", "python3"),
+              os.path.join(home, "python.exe"), os.path.join(home, "python3.exe")):
+        if os.path.isfile(c):
             return c
     raise ThorConfigError("local Dask workers need a Python interpreter to start, and none was found next to this "
                           f"one: set {ENV_WORKER_PYTHON} to the path of the Python that QGIS embeds")
