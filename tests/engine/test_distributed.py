@@ -222,3 +222,24 @@ def test_earth_engine_tiles_fetched_by_worker_processes_are_identical(dask_proce
         assert sha(a.path) == sha(b.path)
         assert fake.count() == 2 * in_process_requests  # every tile fetched once more, by the workers
         assert len(stats.by_worker) == 2 and all(str(os.getpid()) not in w for w in stats.by_worker)
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def test_command_line_grid_with_dask_is_identical_to_in_process(raster16, tmp_path):
+    common = [sys.executable, "-m", "thor_qgis", "grid", "--raster", str(raster16), "--model", "thor_v1_tiny",
+              "--weights", "random", "--image-size", "64", "--seams", "none"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    a = subprocess.run(common + ["-o", str(tmp_path / "a.tif")], env=env, cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=600)
+    assert a.returncode == 0, a.stderr
+    b = subprocess.run(common + ["-o", str(tmp_path / "b.tif"), "--dask", "local:2"], env=env, cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=600)
+    assert b.returncode == 0, b.stderr
+    assert a.stdout == b.stdout == ""  # messages go to stderr
+    assert "on a local Dask cluster of 2 worker" in b.stderr and "Wrote" in b.stderr
+    assert sha(tmp_path / "a.tif") == sha(tmp_path / "b.tif")
+    bad = subprocess.run(common + ["-o", str(tmp_path / "c.tif"), "--dask", "local:zero"], env=env,
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and "local:N takes a number" in bad.stderr and not (tmp_path / "c.tif").exists()
