@@ -8,6 +8,7 @@ from osgeo import gdal
 from qgis.core import QgsProcessingException
 
 from tests.conftest import run_qgis_process
+from tests.fake_ee import ee_env  # noqa: F401
 
 # two tiles of the sample, side by side: light
 PARAMS = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": "false", "SEAMS": "none",
@@ -56,3 +57,26 @@ def test_qgis_process_local2_matches_in_process(plugin, sample_raster, tmp_path)
     assert ca == cb  # the same record: configuration, weights, source, grid
     # QGIS's process computes float32 a hair differently from a plain Python (the workers): within 1e-5
     np.testing.assert_allclose(xa, xb, rtol=0, atol=1e-5)
+
+
+def test_ee_grid_on_local2_fetches_on_the_workers_and_matches_in_process(plugin, ee_env, tmp_path, monkeypatch):
+    from tests.fake_ee import DEFAULT_PROJECT, FakeEarthEngine
+
+    with FakeEarthEngine() as fake:
+        monkeypatch.setenv("THOR_EE_API_URL", fake.url)
+        params = {"POINT": "15.01,36.1 [EPSG:4326]", "MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False,
+                  "SEAMS": "none", "PROJECT": DEFAULT_PROJECT, "USE_CACHE": False}
+        a = run_alg("ee_grid", dict(params, OUTPUT=str(tmp_path / "a.tif")))
+        before = fake.count()
+        b = run_alg("ee_grid", dict(params, DASK_SCHEDULER="local:2", OUTPUT=str(tmp_path / "b.tif")))
+        assert fake.count() - before == b["TILES"] == a["TILES"]  # the workers fetched every tile once
+    (xa, gta, ca), (xb, gtb, cb) = read(a["OUTPUT"]), read(b["OUTPUT"])
+    assert gta == gtb and xa.shape == xb.shape
+    assert ca == cb and cb["source"]["earth_engine"]["auth"] == "anonymous (local emulator)"
+    np.testing.assert_allclose(xa, xb, rtol=0, atol=1e-5)
+
+
+def run_alg(alg, params):
+    import processing
+
+    return processing.run(f"thor:{alg}", params)
