@@ -470,10 +470,13 @@ class ClusterGrid:
         workers = self._wait_for_workers()
         try:
             probes = self.client.run(probe_worker, work.imagery, work.model)
-        except (ImportError, AttributeError) as e:
+        except Exception as e:  # a worker that cannot unpickle the probe answers "No module named ..."
+            if not isinstance(e, (ImportError, AttributeError)) and "No module named" not in str(e):
+                raise
             raise ThorConfigError(
-                f"the Dask workers cannot load the THOR engine ({type(e).__name__}: {e}): install the plugin's "
-                "folder on every worker and put its parent folder on their PYTHONPATH (see the README)") from None
+                f"the Dask workers cannot load the THOR engine ({e}): copy the plugin's folder to every worker "
+                f"and put what {__name__.split('.')[0]} is imported from on their PYTHONPATH (see the README's "
+                "cluster section)") from None
         problems = [f"worker {addr} ({p['worker']}): {msg}" for addr, p in sorted(probes.items())
                     for msg in p["problems"]]
         if problems:

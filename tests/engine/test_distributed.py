@@ -2,6 +2,7 @@
 
 Light on purpose: the tiny model with random weights, 2 worker processes of one thread each, small tiles
 (64 px, a 4 x 4 token grid) except on the bundled sample."""
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -171,12 +172,14 @@ def test_a_killed_worker_has_its_tasks_run_again_and_the_output_is_identical(cli
 
 # --- Earth Engine: a scheduler and workers started as separate processes -----------------------------
 
-@pytest.fixture
-def dask_processes(tmp_path, ee_env):
-    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1`, started as commands."""
-    env = dict(os.environ, PYTHONPATH=REPO)
-    bindir = os.path.dirname(sys.executable)
-    dask = os.path.join(bindir, "dask")
+@contextlib.contextmanager
+def dask_commands(tmp_path, nworkers=2, pythonpath=REPO):
+    """`dask scheduler` and `dask worker --nworkers N --nthreads 1` started as commands; yields the address."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
     sched_file = str(tmp_path / "scheduler.json")
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                "--scheduler-file", sched_file], env=env, cwd=str(tmp_path),
@@ -185,11 +188,11 @@ def dask_processes(tmp_path, ee_env):
         deadline = time.monotonic() + 120
         while not os.path.exists(sched_file) and time.monotonic() < deadline:
             time.sleep(0.2)
-        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", sched_file, "--nworkers", "2",
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", sched_file, "--nworkers", str(nworkers),
                                        "--nthreads", "1", "--no-dashboard"], env=env, cwd=str(tmp_path),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         c = distributed.Client(scheduler_file=sched_file, timeout="60s")
-        c.wait_for_workers(2, timeout=240)
+        c.wait_for_workers(nworkers, timeout=240)
         address = c.scheduler.address
         c.close()
         yield address
@@ -201,6 +204,22 @@ def dask_processes(tmp_path, ee_env):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture
+def dask_processes(tmp_path, ee_env):
+    with dask_commands(tmp_path) as address:
+        yield address
+
+
+def test_workers_without_the_engine_are_told_where_to_get_it(raster16, tmp_path):
+    _, layout = layout16(raster16)
+    work = D.GridWork(layout=layout, model=SMALL, imagery=D.RasterImagery(raster16))
+    with dask_commands(tmp_path, nworkers=1, pythonpath=None) as address:
+        with pytest.raises(ThorConfigError, match=r"cannot load the THOR engine .*No module named 'thor_qgis'.*"
+                                                  r"copy the plugin's folder to every worker"):
+            D.write_grid(work, str(tmp_path / "x.tif"), address)
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_earth_engine_tiles_fetched_by_worker_processes_are_identical(dask_processes, tmp_path):
