@@ -503,10 +503,14 @@ class ClusterGrid:
         n = layout.n_tiles
         size = max(1, int(self.batch_tiles or work.model.batch_size))
         batches = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
-        threads = sum(_workers(self.client).values()) or 1
-        window = max(2, int(self.max_in_flight or 2 * threads))
         st = self.stats
-        st.tasks, st.window, st.tiles = len(batches), window, n
+        st.tasks, st.tiles = len(batches), n
+
+        def window() -> int:  # follows the cluster as workers join or leave (adaptive clusters)
+            threads = sum(_workers(self.client).values()) or 1
+            st.window = max(2, int(self.max_in_flight or 2 * threads))
+            return st.window
+
         run = uuid.uuid4().hex[:8]
         futures: Dict[int, Any] = {}
         number: Dict[str, int] = {}
@@ -516,7 +520,8 @@ class ClusterGrid:
         try:
             while nxt_write < len(batches):
                 # top up: at most `window` tasks submitted and not yet written (memory stays flat)
-                while nxt_submit < len(batches) and nxt_submit - nxt_write < window:
+                limit = window()
+                while nxt_submit < len(batches) and nxt_submit - nxt_write < limit:
                     f = self.client.submit(embed_batch, work, batches[nxt_submit], pure=False,
                                            key=f"thor-tiles-{run}-{nxt_submit}")
                     futures[nxt_submit], number[f.key] = f, nxt_submit
