@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
 import re
 import sys
@@ -376,19 +377,24 @@ def connect(scheduler: Any, log: Log = None) -> Iterator[Any]:
     log = log or (lambda _m: None)
     if spec.kind == "local":
         python = _worker_python()
-        if python:
+        previous = multiprocessing.spawn.get_executable()
+        if python:  # for this run only (a worker restarted mid-run needs it too)
             multiprocessing.set_executable(python)
-        log(f"Dask: starting {spec.describe()} (one thread each) …")
-        cluster = dd.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR)
         try:
-            client = dd.Client(cluster)
+            log(f"Dask: starting {spec.describe()} (one thread each) …")
+            cluster = dd.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=logging.ERROR)
             try:
-                yield client
+                client = dd.Client(cluster)
+                try:
+                    yield client
+                finally:
+                    client.close()
             finally:
-                client.close()
+                cluster.close()
         finally:
-            cluster.close()
+            if python:
+                multiprocessing.set_executable(previous)
         return
     log(f"Dask: connecting to {spec.describe()} …")
     try:
@@ -489,8 +495,19 @@ class ClusterGrid:
         self.log(f"Dask: {len(workers)} worker(s), {sum(workers.values())} thread(s); loading the model on "
                  "each worker …")
         merges = tuple(dict.fromkeys(tuple(merges) + (work.group_merge,)))
-        fut = self.client.submit(describe_model, work.model, work.scale_m, merges, pure=False)
-        model = _wait(fut, self.is_canceled, "loading the model on a Dask worker")
+        # one task per worker (in its task threads, not its event loop): every worker loads the model now
+        futs = [self.client.submit(describe_model, work.model, work.scale_m, merges, pure=False, workers=[addr],
+                                   allow_other_workers=True, key=f"thor-model-{uuid.uuid4().hex[:8]}")
+                for addr in sorted(workers)]
+        try:
+            models = [_wait(f, self.is_canceled, "loading the model on the Dask workers") for f in futs]
+        finally:
+            self.client.cancel([f for f in futs if not f.done()])
+        model = models[0]
+        kinds = {(m.metadata.get("device"), m.metadata.get("backend")) for m in models}
+        if len(kinds) > 1:
+            self.log(f"WARNING: the workers run the model on different devices or backends ({sorted(kinds)}): "
+                     "their embeddings may differ in the last float digits")
         for w in model.metadata.get("warnings", []):
             self.log("WARNING: " + w)
         self.stats.workers = [p["worker"] for p in probes.values()]

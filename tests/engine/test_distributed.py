@@ -125,8 +125,10 @@ def test_cancel_stops_within_a_few_tasks_and_leaves_no_file(client, raster16, tm
         D.write_grid(work, str(out / "c.tif"), client, metadata=META, batch_tiles=1, stats=stats,
                      is_canceled=lambda: stats.tasks_done >= 3)
     assert os.listdir(out) == []
-    # 16 tasks of one tile; canceled after 3: never more than the window of 4 submitted ahead of them
-    assert stats.tasks == 16 and stats.tasks_done == 3 and stats.submitted <= 3 + stats.window
+    # 16 tasks of one tile, canceled once 3 are back (results arrive in bunches): never more than the window
+    # of 4 submitted ahead of what was written
+    assert stats.tasks == 16 and 3 <= stats.tasks_done <= 3 + stats.window
+    assert stats.submitted <= stats.tasks_done + stats.window < 16
     # the scheduler forgets the canceled tasks
     deadline = time.monotonic() + 30
     while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and time.monotonic() < deadline:
