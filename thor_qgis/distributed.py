@@ -45,9 +45,8 @@ from .errors import ThorCanceled, ThorConfigError, ThorError, ThorInputError
 from .specs import ModelSpec, SensorSpec, TemporalSpec
 from .tiling import TileLayout
 
-INSTALL_HINT = ('install Dask into the Python that runs QGIS (or the engine): python -m pip install '
-                '"dask[distributed]" -c constraints.txt (the constraints file shipped with the plugin keeps '
-                'numpy and torch as they are)')
+INSTALL_HINT = ('install Dask into the Python that runs QGIS (or the engine), and on the workers: python -m pip '
+                'install "dask[distributed]" (it needs neither numpy 2 nor torch: both stay as they are)')
 MAX_LOCAL_WORKERS = 256
 WORKER_WAIT_S = 120.0  # how long a run waits for a first worker to join the scheduler
 ENV_WORKER_PYTHON = "THOR_DASK_PYTHON"
