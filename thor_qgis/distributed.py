@@ -363,9 +363,9 @@ def _worker_python() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def connect(scheduler: Any, log: Log = None) -> Iterator[Any]:
+def connect(scheduler: Any, log: Log = None, timeout_s: float = 20.0) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler`` (text, a SchedulerSpec, or a Client that is used as it is
-    and left open); a LocalCluster it started is closed on exit."""
+    and left open); a LocalCluster it started is closed on exit. ``timeout_s``: to reach a scheduler."""
     dd = import_distributed()
     if isinstance(scheduler, dd.Client):
         yield scheduler
@@ -397,7 +397,7 @@ def connect(scheduler: Any, log: Log = None) -> Iterator[Any]:
         return
     log(f"Dask: connecting to {spec.describe()} …")
     try:
-        client = dd.Client(spec.address, timeout="20s")
+        client = dd.Client(spec.address, timeout=f"{float(timeout_s):g}s")
     except (OSError, TimeoutError) as e:
         raise ThorConfigError(f"cannot reach the Dask scheduler at {spec.address} ({type(e).__name__}: {e}): "
                               "check that it runs and that this computer can reach its port") from None

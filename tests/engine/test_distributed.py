@@ -85,6 +85,13 @@ def test_without_dask_the_option_says_what_to_install(monkeypatch):
     assert not D.available()
 
 
+def test_an_unreachable_scheduler_is_said_in_words():
+    with pytest.raises(ThorConfigError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*check that it "
+                                              r"runs"):
+        with D.connect("tcp://127.0.0.1:9", timeout_s=2):
+            pass
+
+
 def test_local2_on_the_sample_is_identical_to_in_process(tmp_path):
     """local:2 (a LocalCluster started for the run) on the bundled sample, blended seams: same bytes."""
     path = sample.write_sample(str(tmp_path / "sample.tif"))
