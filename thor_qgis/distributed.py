@@ -512,12 +512,14 @@ class ClusterGrid:
         self.stats.workers = [p["worker"] for p in probes.values()]
         return Prepared(model=model, session=next(iter(sessions.values()), None), workers=sorted(workers))
 
-    def results(self, work: GridWork) -> Iterator[Tuple[Any, Optional[np.ndarray], Optional[np.ndarray]]]:
+    def results(self, work: GridWork, batch_size: Optional[int] = None
+                ) -> Iterator[Tuple[Any, Optional[np.ndarray], Optional[np.ndarray]]]:
         """``(tile, grid, cells)`` of every tile of the layout, in layout order, computed by the workers."""
         dd = import_distributed()
         layout = work.layout
         n = layout.n_tiles
-        size = max(1, int(self.batch_tiles or work.model.batch_size))
+        # tiles per task: as asked, else the batch size the workers' model runs with (it may be automatic)
+        size = max(1, int(self.batch_tiles or batch_size or work.model.batch_size or 4))
         batches = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
         st = self.stats
         st.tasks, st.tiles = len(batches), n
@@ -584,7 +586,7 @@ class ClusterGrid:
         from . import pipeline
 
         t0 = time.perf_counter()
-        result = pipeline.write_embedded_grid(work.layout, self.results(work), model, work.group_merge, path,
+        result = pipeline.write_embedded_grid(work.layout, self.results(work, model.batch_size), model, work.group_merge, path,
                                               metadata=metadata, progress=progress, is_canceled=self.is_canceled,
                                               log=log or self.log, progress_text=progress_text)
         st = self.stats
