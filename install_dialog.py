@@ -3,7 +3,7 @@ the plan, and Install (which hands the work to a background task)."""
 import platform
 
 from qgis.core import QgsSettings
-from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit,
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit,
                                  QPlainTextEdit, QPushButton, QVBoxLayout)
 
 from .thor_qgis import deps
@@ -46,6 +46,8 @@ class InstallDialog(QDialog):
         self.cert = QLineEdit()
         self.cert.setPlaceholderText("optional: certificate bundle (.pem) of a company TLS proxy")
         form.addRow("Certificates", self.cert)
+        self.dask = QCheckBox("Dask (run grids on a cluster: the Dask scheduler option)")
+        form.addRow("Optional", self.dask)
         form.addRow("Folder", QLabel(target))
         lay.addLayout(form)
         self.plan_text = QPlainTextEdit()
@@ -69,6 +71,7 @@ class InstallDialog(QDialog):
         for w, key in ((self.index_url, "index_url"), (self.extra_index, "extra_index_url"),
                        (self.proxy, "proxy"), (self.cert, "cert")):
             w.setText(str(s.value(SETTINGS + key, "") or ""))
+        self.dask.setChecked(str(s.value(SETTINGS + "dask", "false")).lower() == "true")
 
     def save(self):
         s = QgsSettings()
@@ -76,13 +79,15 @@ class InstallDialog(QDialog):
         for w, key in ((self.index_url, "index_url"), (self.extra_index, "extra_index_url"),
                        (self.proxy, "proxy"), (self.cert, "cert")):
             s.setValue(SETTINGS + key, w.text().strip())
+        s.setValue(SETTINGS + "dask", "true" if self.dask.isChecked() else "false")
 
     def plan(self) -> deps.Plan:
         extra = self.extra_index.text().strip()
         return deps.make_plan(self.target, torch=self.build.currentData(),
                               index_url=self.index_url.text().strip() or None,
                               extra_index_urls=[extra] if extra else [], proxy=self.proxy.text().strip() or None,
-                              cert=self.cert.text().strip() or None, python=self.python)
+                              cert=self.cert.text().strip() or None, python=self.python,
+                              extras=("dask",) if self.dask.isChecked() else ())
 
     def show_plan(self):
         try:

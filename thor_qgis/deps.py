@@ -57,6 +57,11 @@ PACKAGES: Tuple[Tuple[str, str, str, str], ...] = (
     ("ee", "earthengine-api", "1.0", "1.7.50"),
     ("huggingface_hub", "huggingface_hub", "0.20", "2.4.0"),
 )
+# Optional packages the installer offers: name -> (import name, requirement, the oldest version that works, pin)
+OPTIONAL: Dict[str, Tuple[str, str, str, str]] = {
+    # the DASK_SCHEDULER option of the grid algorithms; needs neither numpy 2 nor torch
+    "dask": ("distributed", "dask[distributed]", "2023.1", "2026.8.0"),
+}
 # Distributions QGIS brings and that must stay QGIS's own (never shadowed from the deps folder).
 PROTECTED = ("numpy", "gdal", "pyqt5", "pyqt5_sip", "pyqt6", "pyqt6_sip", "sip", "qgis")
 PROTECTED_IMPORTS = ("numpy", "osgeo", "PyQt5", "PyQt6", "sip", "qgis")
@@ -557,10 +562,11 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
               extra_index_urls: Sequence[str] = (), proxy: Optional[str] = None, cert: Optional[str] = None,
               python: Optional[str] = None, system: Optional[str] = None, machine: Optional[str] = None,
               driver: Optional[Tuple[str, List[str]]] = "detect", index_base: str = TORCH_INDEX_BASE,
-              torch_version: Optional[str] = None) -> Plan:
+              torch_version: Optional[str] = None, extras: Sequence[str] = ()) -> Plan:
     """Decide what to install where, and from which index. ``torch``: auto (CUDA when nvidia-smi reports a
     driver, the default wheel on macOS, else CPU), cpu, cuda (the build matching the driver), cuXXX, or mps.
-    ``index_url`` replaces the PyTorch index ('none': only pip's own configured indexes and find-links)."""
+    ``index_url`` replaces the PyTorch index ('none': only pip's own configured indexes and find-links).
+    ``extras``: optional packages to add, by their names in ``OPTIONAL`` ("dask")."""
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
     tv = torch_version or torch_version_for(system=system, machine=machine)
@@ -616,10 +622,18 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
     else:
         torch_index = index_url.strip()
     requirements = [f"torch=={tv}"] + [f"{dist}=={pinv}" for _m, dist, _min, pinv in PACKAGES[1:]]
+    check = [p[0] for p in PACKAGES]
+    for name in dict.fromkeys(e.strip().lower() for e in extras if e and e.strip()):
+        if name not in OPTIONAL:
+            raise DepsError(f"unknown optional package '{name}': choose from {', '.join(OPTIONAL)}")
+        mod, req, _min, pinv = OPTIONAL[name]
+        requirements.append(f"{req}=={pinv}")
+        check.append(mod)
     constraints = [pin] + protected_constraints()
     return Plan(target=os.path.abspath(target or deps_dir()), python=python or sys.executable, build=build,
                 build_reason=reason, requirements=requirements, constraints=constraints, torch_index=torch_index,
-                extra_index_urls=list(extra_index_urls), proxy=proxy or None, cert=cert or None, notes=notes)
+                extra_index_urls=list(extra_index_urls), proxy=proxy or None, cert=cert or None, notes=notes,
+                check_modules=check)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -937,6 +951,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--extra-index-url", action="append", default=[], help="another package index (repeatable)")
     ins.add_argument("--proxy", help="proxy for pip, e.g. http://user:password@proxy:3128")
     ins.add_argument("--cert", help="certificate bundle (PEM) for a company TLS proxy")
+    ins.add_argument("--with", dest="extras", action="append", default=[], choices=tuple(OPTIONAL),
+                     help="an optional package too: dask (grids on a Dask cluster)")
     ins.add_argument("--dry-run", action="store_true", help="print the plan, install nothing")
     rep = sub.add_parser("report", help="print the diagnostics report (Markdown)")
     rep.add_argument("--target", help="the deps folder to describe")
@@ -967,7 +983,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out.write(f"removed {target}\n" if ok else f"removed {target} except (in use): {' '.join(left)}\n")
             return 0
         plan = make_plan(target, torch=ns.torch, index_url=ns.index_url, extra_index_urls=ns.extra_index_url,
-                         proxy=ns.proxy, cert=ns.cert)
+                         proxy=ns.proxy, cert=ns.cert, extras=ns.extras)
         out.write(("dry run: nothing is installed\n" if ns.dry_run else "") + plan.describe() + "\n")
         out.flush()
         if ns.dry_run:

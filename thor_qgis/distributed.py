@@ -45,8 +45,10 @@ from .errors import ThorCanceled, ThorConfigError, ThorError, ThorInputError
 from .specs import ModelSpec, SensorSpec, TemporalSpec
 from .tiling import TileLayout
 
-INSTALL_HINT = ('install Dask into the Python that runs QGIS (or the engine), and on the workers: python -m pip '
-                'install "dask[distributed]" (it needs neither numpy 2 nor torch: both stay as they are)')
+INSTALL_HINT = ('install Dask: Plugins ▸ THOR embeddings ▸ Install dependencies… with "Dask" ticked (or python -m '
+                'thor_qgis.deps install --with dask), or python -m pip install "dask[distributed]" into the Python '
+                'that runs QGIS (or the engine); the workers need it too. It needs neither numpy 2 nor torch: both '
+                'stay as they are')
 MAX_LOCAL_WORKERS = 256
 WORKER_WAIT_S = 120.0  # how long a run waits for a first worker to join the scheduler
 ENV_WORKER_PYTHON = "THOR_DASK_PYTHON"

@@ -1,7 +1,7 @@
 """Grids on a Dask cluster (thor_qgis.distributed): the same GeoTIFF as in-process, byte for byte.
 
 Light on purpose: the tiny model with random weights, 2 worker processes of one thread each, small tiles
-(64 px, a 4 x 4 token grid) except on the bundled sample."""
+(64 px, a 4 x 4 token grid) except on the real sample."""
 import contextlib
 import datetime as dt
 import hashlib
@@ -19,7 +19,7 @@ import distributed  # in requirements.txt: its absence is a failure here, not a 
 from tests.fake_ee import DEFAULT_PROJECT, FakeEarthEngine, ee_env  # noqa: F401
 from tests.helpers import write_raster
 from thor_qgis import distributed as D
-from thor_qgis import pipeline, sample
+from thor_qgis import pipeline
 from thor_qgis.embedder import Embedder
 from thor_qgis.errors import ThorCanceled, ThorConfigError, ThorInputError
 from thor_qgis.raster_source import RasterSource
@@ -80,9 +80,25 @@ def test_parse_scheduler():
 
 def test_without_dask_the_option_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
-    with pytest.raises(ThorConfigError, match=r'pip install "dask\[distributed\]" \(it needs neither numpy 2 nor torch'):
+    with pytest.raises(ThorConfigError, match=r'Install dependencies… with "Dask" ticked \(or python -m thor_qgis.deps '
+                                              r'install --with dask\), or python -m pip install "dask\[distributed\]"'):
         D.import_distributed()
     assert not D.available()
+
+
+def test_the_installer_offers_dask_without_touching_numpy_or_torch(tmp_path, capsys):
+    from thor_qgis import deps
+
+    base = deps.make_plan(str(tmp_path), torch="cpu", driver=None)
+    assert "distributed" not in base.check_modules and not any("dask" in r for r in base.requirements)
+    plan = deps.make_plan(str(tmp_path), torch="cpu", driver=None, extras=("dask",))
+    assert plan.requirements == base.requirements + ["dask[distributed]==2026.8.0"]
+    assert plan.check_modules == base.check_modules + ["distributed"]  # checked after the install
+    assert plan.constraints == base.constraints  # numpy stays QGIS's, torch the chosen build
+    with pytest.raises(deps.DepsError, match="unknown optional package 'spark'"):
+        deps.make_plan(str(tmp_path), torch="cpu", driver=None, extras=("spark",))
+    assert deps.main(["install", "--target", str(tmp_path), "--torch", "cpu", "--with", "dask", "--dry-run"]) == 0
+    assert "dask[distributed]==2026.8.0" in capsys.readouterr().out
 
 
 def test_an_unreachable_scheduler_is_said_in_words():
@@ -92,9 +108,9 @@ def test_an_unreachable_scheduler_is_said_in_words():
             pass
 
 
-def test_local2_on_the_sample_is_identical_to_in_process(tmp_path):
-    """local:2 (a LocalCluster started for the run) on the bundled sample, blended seams: same bytes."""
-    path = sample.write_sample(str(tmp_path / "sample.tif"))
+def test_local2_on_the_real_sample_is_identical_to_in_process(tmp_path):
+    """local:2 (a LocalCluster started for the run) on the real Sentinel-2 sample, blended seams: same bytes."""
+    path = os.path.join(REPO, "sample", "s2_l1c_eastern_shore_576.tif")
     model = ModelSpec(model_key="thor_v1_tiny", weights="random", batch_size=4)
     src = RasterSource(path)
     layout = src.layout(src.area(), 288, 18)
