@@ -77,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--normalization", default="thor_stats", choices=specs.NORMALIZATIONS)
     m.add_argument("--device", default="auto", choices=specs.DEVICES)
     m.add_argument("--backend", default="auto", choices=specs.BACKENDS)
-    m.add_argument("--batch-size", type=int, default=4)
+    m.add_argument("--batch-size", type=int, default=0, help="tiles per batch (0: automatic, from the device)")
+    m.add_argument("--precision", default="float32", choices=specs.PRECISIONS)
     m.add_argument("--group-merge", default="mean", choices=specs.GROUP_MERGES)
     m.add_argument("--seams", default=DEFAULT_SEAMS, choices=SEAM_MODES)
     m.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help="context margin in tokens")
@@ -116,7 +117,7 @@ def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
     model = specs.ModelSpec(model_key=args.model, weights=args.weights, checkpoint=args.checkpoint,
                             image_size=args.image_size, patch_size=args.patch_size,
                             normalization=args.normalization, device=args.device, backend=args.backend,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, precision=args.precision)
     output = specs.OutputSpec(kind="grid", group_merge=args.group_merge)
     sched = distributed.parse_scheduler(args.dask)
     if sched is not None:
