@@ -68,10 +68,10 @@ class EEGridAlgorithm(ThorAlgorithm):
         P.add_fetch_workers_param(self, self.tr)
         E.add_ee_params(self, self.tr)
         P.add_model_params(self, self.tr)
+        cluster.add_dask_param(self, self.tr)  # with the model: where it runs
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
         add_dry_run_param(self, self.tr)
-        cluster.add_dask_param(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
         add_plan_outputs(self, self.tr)
 

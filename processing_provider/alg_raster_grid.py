@@ -124,10 +124,10 @@ class RasterGridAlgorithm(ThorAlgorithm):
                                   self.tr("Empty: the extent of the raster layer or product.")))
         P.add_scale_fill_params(self, self.tr)  # advanced: first of the advanced list, with the imagery
         P.add_model_params(self, self.tr)
+        cluster.add_dask_param(self, self.tr)  # with the model: where it runs
         P.add_grid_output_params(self, self.tr)
         P.add_context_margin_param(self, self.tr)
         add_dry_run_param(self, self.tr)
-        cluster.add_dask_param(self, self.tr)
         P.add_grid_destination(self, self.tr, OUTPUT)
         add_plan_outputs(self, self.tr)
 

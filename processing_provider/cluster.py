@@ -17,8 +17,7 @@ HELP = ("Empty: the model runs in this process. local:N: a Dask cluster of N wor
 
 def add_dask_param(alg, tr) -> None:
     alg.addParameter(P._advanced(QgsProcessingParameterString(
-        DASK_SCHEDULER, tr("Dask scheduler (empty: this process; local:N; tcp://host:8786)"), defaultValue="",
-        optional=True), tr(HELP)))
+        DASK_SCHEDULER, tr("Dask scheduler"), defaultValue="", optional=True), tr(HELP)))
 
 
 def scheduler(alg, parameters, context):

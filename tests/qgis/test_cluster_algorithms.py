@@ -27,12 +27,14 @@ def read(path):
 
 
 def test_the_option_is_advanced_and_listed(plugin):
-    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    from qgis.core import QgsApplication
+
+    from thor_embeddings.processing_provider.compat import PARAMETER_ADVANCED
 
     for alg in ("thor:grid_from_raster", "thor:ee_grid"):
         d = QgsApplication.processingRegistry().algorithmById(alg).parameterDefinition("DASK_SCHEDULER")
-        assert d is not None and d.flags() & QgsProcessingParameterDefinition.FlagAdvanced
-        assert "local:N" in d.description()
+        assert d is not None and d.flags() & PARAMETER_ADVANCED
+        assert d.description() == "Dask scheduler" and "local:N" in d.help() and "tcp://host:8786" in d.help()
 
 
 def test_a_bad_scheduler_is_refused_and_nothing_is_written(plugin, sample_raster, tmp_path):
