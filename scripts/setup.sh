@@ -38,11 +38,12 @@ py_version() { $SYS_PY -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
 
 # 1. QGIS, its Python bindings and GDAL, from Debian.
 if [ ! -x /usr/bin/qgis_process.bin ] || ! $SYS_PY -c "import qgis.core, osgeo.gdal" 2>/dev/null \
-   || ! $SYS_PY -c "import venv, ensurepip" 2>/dev/null; then
-    say "installing QGIS (Debian packages qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv)"
+   || ! $SYS_PY -c "import venv, ensurepip" 2>/dev/null || ! $SYS_PY -m pip --version >/dev/null 2>&1; then
+    # python3-pip: the plugin's own installer (python3 -m thor_qgis.deps) runs pip with QGIS's Python
+    say "installing QGIS (Debian packages qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-pip)"
     need_root apt-get update -qq
     need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv >/dev/null
+        qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-pip >/dev/null
 fi
 
 # 2. The virtual environment, from the system Python so that `import qgis` works inside it.
