@@ -33,6 +33,7 @@ class InstallDialog(QDialog):
         if platform.system() != "Darwin":
             for tag in sorted(deps.CUDA_DRIVERS, key=lambda t: int(t[2:]), reverse=True):
                 self.build.addItem(f"CUDA {tag[2:-1]}.{tag[-1]}", tag)
+        self.build.addItem("Keep the torch already installed (e.g. Debian's python3-torch)", "system")
         form.addRow("PyTorch build", self.build)
         self.index_url = QLineEdit()
         self.index_url.setPlaceholderText("PyTorch's index for the build (or 'none' for pip's own)")

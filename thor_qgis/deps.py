@@ -2,7 +2,7 @@
 
 Run with the Python that QGIS uses, from the plugin folder::
 
-    python3 -m thor_qgis.deps install [--target DIR] [--torch auto|cpu|cuda|cu128|mps] [--index-url URL]
+    python3 -m thor_qgis.deps install [--target DIR] [--torch auto|cpu|cuda|cu128|mps|system] [--index-url URL]
                                       [--extra-index-url URL] [--proxy URL] [--cert FILE] [--dry-run]
     python3 -m thor_qgis.deps report
     python3 -m thor_qgis.deps remove [--target DIR]
@@ -502,6 +502,8 @@ class Plan:
     cert: Optional[str] = None
     check_modules: List[str] = field(default_factory=lambda: [p[0] for p in PACKAGES])
     notes: List[str] = field(default_factory=list)
+    # checked to import (and be recent enough) from QGIS's Python as it is, not installed: the system torch
+    kept_modules: List[str] = field(default_factory=list)
 
     def pip_args(self, staging: str, constraints_file: str) -> List[str]:
         args = [self.python, "-m", "pip", "install", "--target", staging, "--no-input",
@@ -530,6 +532,9 @@ class Plan:
             "packages:        " + " ".join(self.requirements),
             "constraints:     " + " ".join(self.constraints),
         ]
+        if self.kept_modules:
+            lines.append("kept:            " + " ".join(self.kept_modules)
+                         + " (as this Python imports it; checked before anything is installed)")
         if self.extra_index_urls:
             lines.append("extra indexes:   " + " ".join(self.extra_index_urls))
         if self.find_links:
@@ -572,8 +577,11 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
     tv = torch_version or torch_version_for(system=system, machine=machine)
     choice = (torch or "auto").strip().lower()
     notes: List[str] = []
-    if choice not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cu\d{3}", choice):
-        raise DepsError(f"unknown torch build '{torch}': use auto, cpu, cuda, a CUDA build such as cu128, or mps")
+    if choice not in ("auto", "cpu", "cuda", "mps", "system") and not re.fullmatch(r"cu\d{3}", choice):
+        raise DepsError(f"unknown torch build '{torch}': use auto, cpu, cuda, a CUDA build such as cu128, mps, "
+                        "or system")
+    if choice == "system":
+        return _system_torch_plan(target, python, index_url, extra_index_urls, proxy, cert, extras)
     if system == "Darwin":
         if choice.startswith("cu"):
             raise DepsError("PyTorch has no CUDA builds for macOS: use auto, cpu or mps")
@@ -621,19 +629,59 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
         torch_index = None
     else:
         torch_index = index_url.strip()
-    requirements = [f"torch=={tv}"] + [f"{dist}=={pinv}" for _m, dist, _min, pinv in PACKAGES[1:]]
-    check = [p[0] for p in PACKAGES]
+    requirements, check = _other_requirements(extras)
+    requirements.insert(0, f"torch=={tv}")
+    check.insert(0, "torch")
+    constraints = [pin] + protected_constraints()
+    return Plan(target=os.path.abspath(target or deps_dir()), python=python or sys.executable, build=build,
+                build_reason=reason, requirements=requirements, constraints=constraints, torch_index=torch_index,
+                extra_index_urls=list(extra_index_urls), proxy=proxy or None, cert=cert or None, notes=notes,
+                check_modules=check)
+
+
+def _other_requirements(extras: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Pinned requirements and import names of the packages other than torch, optional ones included."""
+    requirements = [f"{dist}=={pinv}" for _m, dist, _min, pinv in PACKAGES[1:]]
+    check = [p[0] for p in PACKAGES[1:]]
     for name in dict.fromkeys(e.strip().lower() for e in extras if e and e.strip()):
         if name not in OPTIONAL:
             raise DepsError(f"unknown optional package '{name}': choose from {', '.join(OPTIONAL)}")
         mod, req, _min, pinv = OPTIONAL[name]
         requirements.append(f"{req}=={pinv}")
         check.append(mod)
-    constraints = [pin] + protected_constraints()
-    return Plan(target=os.path.abspath(target or deps_dir()), python=python or sys.executable, build=build,
-                build_reason=reason, requirements=requirements, constraints=constraints, torch_index=torch_index,
-                extra_index_urls=list(extra_index_urls), proxy=proxy or None, cert=cert or None, notes=notes,
-                check_modules=check)
+    return requirements, check
+
+
+def _system_torch_plan(target, python, index_url, extra_index_urls, proxy, cert, extras) -> Plan:
+    """Keep the torch QGIS's Python already imports (a distribution's package such as Debian's python3-torch,
+    or one installed by hand) and install only the other packages. Whether that torch imports, works with
+    QGIS's numpy and is recent enough is checked by the installation itself (it takes seconds: not here, where a
+    dialog may be waiting)."""
+    requirements, check = _other_requirements(extras)
+    notes = []
+    if index_url is not None and index_url.strip().lower() not in ("", "none"):
+        notes.append("the PyTorch index is not used: torch is not installed")
+    return Plan(target=os.path.abspath(target or deps_dir()), python=python or sys.executable, build="system",
+                build_reason="the torch already installed for this Python is kept", requirements=requirements,
+                constraints=protected_constraints(), torch_index=None, extra_index_urls=list(extra_index_urls),
+                proxy=proxy or None, cert=cert or None, notes=notes, check_modules=check, kept_modules=["torch"])
+
+
+def system_torch(python: str, timeout: float = 300.0, is_canceled: Optional[Callable[[], bool]] = None) -> Dict:
+    """What ``python`` imports as torch with nothing in front of its path: {"version", "file"}, or {"error"}."""
+    data = probe(python, [], ["torch"], timeout=timeout, is_canceled=is_canceled)
+    if data.get("crashed"):
+        return {"error": f"importing torch crashed (exit code {data.get('returncode')})"}
+    t = data["modules"].get("torch", {})
+    if "error" in t:
+        return {"error": t["error"]}
+    out = {"version": t.get("version", ""), "file": t.get("file", "")}
+    if not data.get("torch", {}).get("numpy_ok", False):
+        out["error"] = f"torch {out['version']} does not work with this Python's numpy: " + str(
+            data.get("torch", {}).get("numpy_error", ""))
+    elif version_tuple(out["version"]) < version_tuple(PACKAGES[0][2]):
+        out["error"] = f"torch {out['version']} is older than the {PACKAGES[0][2]} the plugin needs"
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -788,18 +836,19 @@ class Result:
     probe: Dict
 
 
-def check_probe(data: Dict, staging: str, modules: Sequence[str]) -> List[str]:
-    """What is wrong with an import check's result (empty when all is well)."""
+def check_probe(data: Dict, staging: str, modules: Sequence[str], kept: Sequence[str] = ()) -> List[str]:
+    """What is wrong with an import check's result (empty when all is well). ``modules`` must come from the new
+    folder; ``kept`` ones (the system torch) must import from wherever the Python has them."""
     problems = []
     if data.get("crashed"):
         problems.append(f"the import check crashed (exit code {data.get('returncode')}):\n{data.get('output', '')}")
         return problems
     staging_abs = os.path.abspath(staging) + os.sep
-    for name in modules:
+    for name in list(modules) + list(kept):
         m = data["modules"].get(name, {})
         if "error" in m:
             problems.append(f"{name} does not import: {m['error']}")
-        elif not os.path.abspath(m.get("file") or "").startswith(staging_abs):
+        elif name not in kept and not os.path.abspath(m.get("file") or "").startswith(staging_abs):
             problems.append(f"{name} was imported from {m.get('file')}, not from the new folder")
     npy = data.get("numpy", {})
     if npy.get("file") and os.path.abspath(npy["file"]).startswith(staging_abs):
@@ -809,7 +858,7 @@ def check_probe(data: Dict, staging: str, modules: Sequence[str]) -> List[str]:
         problems.append(f"torch does not work with QGIS's numpy {npy.get('version')}: {t.get('numpy_error', '')}")
     for mod, dist, minimum, _pin in PACKAGES:
         v = data["modules"].get(mod, {}).get("version")
-        if mod in modules and v and version_tuple(v) < version_tuple(minimum):
+        if (mod in modules or mod in kept) and v and version_tuple(v) < version_tuple(minimum):
             problems.append(f"{dist} {v} is older than the {minimum} the plugin needs")
     return problems
 
@@ -847,6 +896,7 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
     clean_stale(target)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     staging = tempfile.mkdtemp(prefix=".staging-", dir=target)
+    index_dropped: Optional[str] = None
     try:
         r = subprocess.run([plan.python, "-m", "pip", "--version"], capture_output=True, text=True, timeout=120,
                            stdin=subprocess.DEVNULL, **_subprocess_flags())
@@ -856,10 +906,20 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
                 + ". Install it (Debian/Ubuntu: sudo apt install python3-pip; elsewhere: python -m ensurepip), "
                 "then try again.")
         log(f"pip: {r.stdout.strip()}")
+        if "torch" in plan.kept_modules:
+            log(f"checking the torch that {plan.python} already imports…")
+            found = system_torch(plan.python, is_canceled=is_canceled)
+            if "error" in found:
+                raise DepsError(
+                    f"the torch already installed is to be kept, but for {plan.python}: {found['error']}. Install "
+                    "your distribution's torch (Debian/Ubuntu: sudo apt install python3-torch) or choose the CPU "
+                    "build.")
+            log(f"keeping torch {found['version']} ({found['file']})")
         if plan.torch_index and not plan.no_index and not index_reachable(plan.torch_index, proxy=plan.proxy):
             # pip would retry every package against it (minutes); the pin keeps the build, whatever the index
             log(f"the torch index {_redact_url(plan.torch_index)} cannot be reached: using pip's configured "
                 "indexes only (the build pin in the constraints still applies)")
+            index_dropped = plan.torch_index
             plan = dataclasses.replace(plan, torch_index=None)
         constraints_file = os.path.join(staging, "..", f".constraints-{stamp}.txt")
         constraints_file = os.path.abspath(constraints_file)
@@ -869,20 +929,21 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
             args = plan.pip_args(staging, constraints_file)
             log("running: " + " ".join(_redact_url(a) for a in args))
             progress(0.02)
-            rc = _run_streaming(args, _tee(log, _PipProgress(progress)), is_canceled, timeout=pip_timeout)
+            said: List[str] = []
+            rc = _run_streaming(args, _tee(log, _PipProgress(progress), said.append), is_canceled,
+                                timeout=pip_timeout)
         finally:
             try:
                 os.remove(constraints_file)
             except OSError:
                 pass
         if rc != 0:
-            raise DepsError(f"pip failed (exit code {rc}); its output is in the log above. Behind a proxy or a "
-                            "company certificate, give the proxy URL or the certificate file and try again.")
+            raise DepsError(pip_failure(rc, said, plan, index_dropped))
         _prune_protected(staging, log)
         progress(0.85)
         log("checking the new packages in a separate Python process…")
-        data = probe(plan.python, [staging], plan.check_modules, is_canceled=is_canceled)
-        problems = check_probe(data, staging, plan.check_modules)
+        data = probe(plan.python, [staging], plan.check_modules + plan.kept_modules, is_canceled=is_canceled)
+        problems = check_probe(data, staging, plan.check_modules, plan.kept_modules)
         if problems:
             raise DepsError("the installed packages failed the import check, so they are not used:\n- "
                             + "\n- ".join(problems))
@@ -911,6 +972,24 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def pip_failure(rc: int, output: Sequence[str], plan: Plan, unreachable_index: Optional[str] = None) -> str:
+    """What to tell the user when pip failed: the usual advice, or, when the pinned torch build was not found
+    (PyTorch's index not reachable, or no build of it for this Python), what can be done instead."""
+    # pip says it either way: no file at all, or none that meets the build pin in the constraints
+    missing = next((ln for ln in output
+                    if re.search(r"No matching distribution found for torch\b|Cannot install torch\b", ln)), None)
+    if missing is None:
+        return (f"pip failed (exit code {rc}); its output is in the log above. Behind a proxy or a company "
+                "certificate, give the proxy URL or the certificate file and try again.")
+    pin = next((c for c in plan.constraints if c.startswith("torch==")), "torch")
+    where = (f"PyTorch's index ({_redact_url(unreachable_index)}) could not be reached, and pip's other indexes "
+             "do not have it" if unreachable_index else "none of the indexes pip used has it")
+    return (f"no {pin} for Python {sys.version_info[0]}.{sys.version_info[1]} on this system: {where}. Either let "
+            "pip reach that index (proxy, certificate) or give a mirror of it as the PyTorch index; or keep a torch "
+            "already installed for this Python (--torch system, or \"Keep the torch already installed\" in the "
+            "dialog; Debian/Ubuntu: sudo apt install python3-torch).")
 
 
 def index_reachable(url: str, timeout: float = 10.0, proxy: Optional[str] = None) -> bool:
@@ -946,7 +1025,9 @@ def _parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("install", help="install torch, earthengine-api and huggingface_hub")
     ins.add_argument("--target", help=f"folder (default: ${ENV_DIR}, else <QGIS profile>/python/{FOLDER}/{py_tag()})")
     ins.add_argument("--profile", default="default", help="QGIS profile whose folder to use (default: default)")
-    ins.add_argument("--torch", default="auto", help="auto (default), cpu, cuda, a CUDA build such as cu128, or mps")
+    ins.add_argument("--torch", default="auto",
+                     help="auto (default), cpu, cuda, a CUDA build such as cu128, mps, or system (keep the torch "
+                          "this Python already has, e.g. Debian's python3-torch, and install the rest)")
     ins.add_argument("--index-url", help="index for the torch wheels instead of PyTorch's ('none': pip's own)")
     ins.add_argument("--extra-index-url", action="append", default=[], help="another package index (repeatable)")
     ins.add_argument("--proxy", help="proxy for pip, e.g. http://user:password@proxy:3128")

@@ -231,3 +231,85 @@ def test_report_has_every_field_and_no_secret(tmp_path):
                                                       "ee_project": "from-setting"}, str(target),
                                                      python=sys.executable))
     assert "| QGIS | 3.22.16 |" in md and "| Qt | 5.15.8 |" in md and "- project: from-setting" in md
+
+
+def test_system_build_keeps_the_torch_there_is(tmp_path):
+    """--torch system (Debian 13 and others whose Python has no CPU wheel within reach, but a packaged torch):
+    torch is neither required nor pinned, only checked; the PyTorch index is not used."""
+    p = deps.make_plan(str(tmp_path), torch="system", index_url="https://mirror.example/torch", driver=None)
+    assert p.build == "system" and p.torch_index is None and p.kept_modules == ["torch"]
+    assert p.requirements == ["earthengine-api==1.7.50", "huggingface_hub==2.4.0"]
+    assert not [c for c in p.constraints if c.startswith("torch")]
+    assert "torch" not in p.check_modules and "the PyTorch index is not used" in p.describe()
+    assert "kept:            torch" in p.describe()
+    p = deps.make_plan(str(tmp_path), torch="system", extras=("dask",))
+    assert p.requirements[-1].startswith("dask[distributed]==") and p.check_modules[-1] == "distributed"
+    r = _cli("install", "--dry-run", "--torch", "system", "--target", str(tmp_path / "d"), python=sys.executable)
+    assert r.returncode == 0, r.stderr
+    assert "torch build:     system (the torch already installed for this Python is kept)" in r.stdout
+    assert "packages:        earthengine-api==1.7.50 huggingface_hub==2.4.0" in r.stdout
+
+
+def test_system_torch_found_and_judged(tmp_path):
+    import torch
+
+    found = deps.system_torch(sys.executable)
+    assert found == {"version": torch.__version__, "file": torch.__file__}
+    # a Python without torch: said, not raised (the install turns it into advice)
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    found = deps.system_torch(str(bare / "bin" / "python"))
+    assert "No module named 'torch'" in found["error"]
+    # the import check: a kept torch may come from anywhere, but must import and be recent enough
+    staging = str(tmp_path / "staging")
+    data = {"modules": {"ee": {"version": "1.7.50", "file": staging + "/ee/__init__.py"},
+                        "torch": {"version": "2.6.0", "file": "/usr/lib/python3/dist-packages/torch/__init__.py"}},
+            "numpy": {"version": "2.2.4", "file": "/usr/lib/python3/dist-packages/numpy/__init__.py"},
+            "torch": {"numpy_ok": True}}
+    assert deps.check_probe(data, staging, ["ee"], ["torch"]) == []
+    assert deps.check_probe(data, staging, ["ee", "torch"]) == [
+        "torch was imported from /usr/lib/python3/dist-packages/torch/__init__.py, not from the new folder"]
+    data["modules"]["torch"]["version"] = "1.13.1"
+    assert deps.check_probe(data, staging, ["ee"], ["torch"]) == ["torch 1.13.1 is older than the 2.1 the plugin needs"]
+
+
+def test_a_torch_build_out_of_reach_is_explained(tmp_path):
+    """A real pip run that cannot find the pinned build (the PyTorch index given is not reachable, and pip's
+    own indexes have no such build), as on Debian 13 offline: the error says why and what to do instead; nothing
+    is left behind."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    target = tmp_path / "deps"
+    r = _cli("install", "--torch", "cu118", "--index-url", f"http://127.0.0.1:{port}/whl/cu118", "--target",
+             str(target), python=sys.executable)
+    assert r.returncode == 1
+    assert f"the torch index http://127.0.0.1:{port}/whl/cu118 cannot be reached" in r.stdout
+    assert "error: no torch==2.13.0+cu118 for Python" in r.stderr
+    assert f"PyTorch's index (http://127.0.0.1:{port}/whl/cu118) could not be reached" in r.stderr
+    assert "--torch system" in r.stderr and "python3-torch" in r.stderr
+    assert not (target / deps.MARKER).exists() and not [p for p in target.iterdir() if p.name.startswith(".")]
+    # any other pip failure keeps the general advice
+    plan = deps.make_plan(str(tmp_path), torch="cpu", driver=None)
+    msg = deps.pip_failure(1, ["ERROR: Could not install packages due to an OSError"], plan)
+    assert msg.startswith("pip failed (exit code 1)") and "proxy" in msg
+
+
+def test_system_build_installs_the_rest_for_real(tmp_path):
+    """A real installation with the 'system' build, by the venv's Python (its torch is the one to keep): only
+    earthengine-api and huggingface_hub go into the folder, and the marker records the torch kept."""
+    import torch
+
+    target = tmp_path / "deps"
+    r = _cli("install", "--torch", "system", "--target", str(target), python=sys.executable, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert f"keeping torch {torch.__version__} ({torch.__file__})" in r.stdout
+    marker = json.loads((target / deps.MARKER).read_text())
+    site = target / marker["active"]
+    assert marker["build"] == "system" and marker["torch_index"] is None
+    assert marker["versions"] == {"ee": "1.7.50", "huggingface_hub": "2.4.0", "torch": torch.__version__}
+    names = {p.name.lower() for p in site.iterdir()}
+    assert {"ee", "huggingface_hub"} <= names and not {n for n in names if n.startswith(("torch", "nvidia"))}

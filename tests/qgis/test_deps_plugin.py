@@ -230,6 +230,12 @@ def test_install_dialog_builds_the_plan(qgis_app, tmp_path):
     assert "torch build:     cpu (asked for)" in dlg.plan_text.toPlainText()
     assert [dlg.build.itemData(i) for i in range(dlg.build.count())][:2] == ["auto", "cpu"]
     assert "cu128" in [dlg.build.itemData(i) for i in range(dlg.build.count())]
+    # keeping the torch there is (Debian 13's python3-torch): shown at once, checked only when installing
+    dlg.build.setCurrentIndex(dlg.build.findData("system"))
+    dlg.show_plan()
+    text = dlg.plan_text.toPlainText()
+    assert "torch build:     system (the torch already installed for this Python is kept)" in text
+    assert "packages:        earthengine-api==1.7.50 huggingface_hub==2.4.0" in text
 
 
 def test_missing_dependency_message_points_to_the_installer(plugin, monkeypatch):
