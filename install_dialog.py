@@ -88,7 +88,7 @@ class InstallDialog(QDialog):
                               index_url=self.index_url.text().strip() or None,
                               extra_index_urls=[extra] if extra else [], proxy=self.proxy.text().strip() or None,
                               cert=self.cert.text().strip() or None, python=self.python,
-                              extras=("dask",) if self.dask.isChecked() else ())
+                              extras=("dask",) if self.dask.isChecked() else (), defer=True)
 
     def show_plan(self):
         try:

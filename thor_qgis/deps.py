@@ -504,6 +504,9 @@ class Plan:
     notes: List[str] = field(default_factory=list)
     # checked to import (and be recent enough) from QGIS's Python as it is, not installed: the system torch
     kept_modules: List[str] = field(default_factory=list)
+    # make_plan's arguments when the build is to be decided by the installation itself (``resolve``): finding
+    # the NVIDIA driver and reading PyTorch's index can take many seconds, too long for a dialog to wait on
+    deferred: Optional[Dict] = None
 
     def pip_args(self, staging: str, constraints_file: str) -> List[str]:
         args = [self.python, "-m", "pip", "install", "--target", staging, "--no-input",
@@ -567,15 +570,27 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
               extra_index_urls: Sequence[str] = (), proxy: Optional[str] = None, cert: Optional[str] = None,
               python: Optional[str] = None, system: Optional[str] = None, machine: Optional[str] = None,
               driver: Optional[Tuple[str, List[str]]] = "detect", index_base: str = TORCH_INDEX_BASE,
-              torch_version: Optional[str] = None, extras: Sequence[str] = ()) -> Plan:
+              torch_version: Optional[str] = None, extras: Sequence[str] = (), defer: bool = False) -> Plan:
     """Decide what to install where, and from which index. ``torch``: auto (CUDA when nvidia-smi reports a
-    driver, the default wheel on macOS, else CPU), cpu, cuda (the build matching the driver), cuXXX, or mps.
-    ``index_url`` replaces the PyTorch index ('none': only pip's own configured indexes and find-links).
-    ``extras``: optional packages to add, by their names in ``OPTIONAL`` ("dask")."""
+    driver, the default wheel on macOS, else CPU), cpu, cuda (the build matching the driver), cuXXX, mps, or
+    system (keep the torch the Python has). ``index_url`` replaces the PyTorch index ('none': only pip's own
+    configured indexes and find-links). ``extras``: optional packages to add, by their names in ``OPTIONAL``
+    ("dask"). ``defer``: where the build depends on the NVIDIA driver (auto, cuda), leave finding it to the
+    installation (``resolve``, called by ``install``), so that nothing here waits on nvidia-smi or the network."""
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
-    tv = torch_version or torch_version_for(system=system, machine=machine)
     choice = (torch or "auto").strip().lower()
+    if defer and driver == "detect" and system != "Darwin" and choice in ("auto", "cuda"):
+        args = dict(target=target, torch=torch, index_url=index_url, extra_index_urls=list(extra_index_urls),
+                    proxy=proxy, cert=cert, python=python, system=system, machine=machine, index_base=index_base,
+                    torch_version=torch_version, extras=list(extras))
+        plan = make_plan(**dict(args, torch="cpu", driver=None))  # the packages and checks are the same
+        reason = ("decided when installing: CUDA if nvidia-smi reports a driver, else CPU" if choice == "auto"
+                  else "decided when installing: the CUDA build the NVIDIA driver runs")
+        return dataclasses.replace(plan, build=choice, build_reason=reason, torch_index=None,
+                                   constraints=[c for c in plan.constraints if not c.startswith("torch==")],
+                                   deferred=args)
+    tv = torch_version or torch_version_for(system=system, machine=machine)
     notes: List[str] = []
     if choice not in ("auto", "cpu", "cuda", "mps", "system") and not re.fullmatch(r"cu\d{3}", choice):
         raise DepsError(f"unknown torch build '{torch}': use auto, cpu, cuda, a CUDA build such as cu128, mps, "
@@ -637,6 +652,11 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
                 build_reason=reason, requirements=requirements, constraints=constraints, torch_index=torch_index,
                 extra_index_urls=list(extra_index_urls), proxy=proxy or None, cert=cert or None, notes=notes,
                 check_modules=check)
+
+
+def resolve(plan: Plan) -> Plan:
+    """The plan with its build decided, if ``make_plan(defer=True)`` left that to the installation."""
+    return plan if plan.deferred is None else make_plan(**plan.deferred)
 
 
 def _other_requirements(extras: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -891,6 +911,10 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
     On a cancel (DepsCanceled) or a failure (DepsError) the staging folder is removed and the installation in
     use, if any, is left as it was."""
     t0 = time.monotonic()
+    if plan.deferred is not None:
+        log("finding the NVIDIA driver and the builds PyTorch's index has…")
+        plan = resolve(plan)
+        log(f"torch build: {plan.build} ({plan.build_reason})" + "".join(f"; {n}" for n in plan.notes))
     target = plan.target
     os.makedirs(target, exist_ok=True)
     clean_stale(target)

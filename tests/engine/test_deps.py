@@ -313,3 +313,20 @@ def test_system_build_installs_the_rest_for_real(tmp_path):
     assert marker["versions"] == {"ee": "1.7.50", "huggingface_hub": "2.4.0", "torch": torch.__version__}
     names = {p.name.lower() for p in site.iterdir()}
     assert {"ee", "huggingface_hub"} <= names and not {n for n in names if n.startswith(("torch", "nvidia"))}
+
+
+def test_deferred_build_is_decided_by_resolve(tmp_path, monkeypatch):
+    """make_plan(defer=True) (the dialog's) runs neither nvidia-smi nor reads the index; resolve() does, later."""
+    calls = []
+    monkeypatch.setattr(deps, "nvidia_driver", lambda *a, **k: calls.append(1) or ("570.86.10", ["GPU"]))
+    monkeypatch.setattr(deps, "available_cuda_tags", lambda *a, **k: calls.append(2) or ["cu126", "cu128"])
+    p = deps.make_plan(str(tmp_path), torch="auto", system="Linux", machine="x86_64", defer=True, extras=("dask",))
+    assert calls == [] and p.build == "auto" and p.torch_index is None
+    assert not [c for c in p.constraints if c.startswith("torch")] and "decided when installing" in p.describe()
+    r = deps.resolve(p)
+    assert calls == [1, 2] and r.build == "cu128" and "torch==2.13.0+cu128" in r.constraints and r.deferred is None
+    assert r.requirements == p.requirements and r.check_modules == p.check_modules
+    assert deps.resolve(r) is r
+    # nothing to wait on: decided at once
+    assert deps.make_plan(str(tmp_path), torch="cpu", defer=True).deferred is None
+    assert deps.make_plan(str(tmp_path), torch="auto", system="Darwin", machine="arm64", defer=True).build == "mps"

@@ -238,6 +238,34 @@ def test_install_dialog_builds_the_plan(qgis_app, tmp_path):
     assert "packages:        earthengine-api==1.7.50 huggingface_hub==2.4.0" in text
 
 
+def test_automatic_build_is_found_in_the_task_not_the_dialog(gui_plugin, qgis_app, tmp_path, monkeypatch):
+    """nvidia-smi and PyTorch's index may take many seconds to answer: the dialog never waits on them, the
+    install task finds the build in its own thread (here: CUDA asked for, no driver, so it fails and says why)."""
+    calls = []
+    real = deps.nvidia_driver
+
+    def spy(*a, **k):
+        calls.append(threading.get_ident())
+        return real(*a, **k)
+
+    monkeypatch.setattr(deps, "nvidia_driver", spy)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi
+    install_dialog = importlib.import_module(PLUGIN_NAME + ".install_dialog")
+    dlg = install_dialog.InstallDialog(str(tmp_path / "deps"), sys.executable)
+    dlg.build.setCurrentIndex(dlg.build.findData("auto"))
+    dlg.show_plan()
+    assert "decided when installing" in dlg.plan_text.toPlainText()
+    assert dlg.plan().deferred is not None and calls == []
+    # as the dialog would make it, with the "cuda" choice of the command line
+    plan = deps.make_plan(str(tmp_path / "deps"), torch="cuda", python=sys.executable, defer=True)
+    task = gui_plugin.start_install(plan)
+    wait_for(lambda: task.outcome)
+    assert task.outcome == "failed" and "no NVIDIA driver found" in task.error
+    assert calls and threading.main_thread().ident not in calls
+    assert "finding the NVIDIA driver and the builds PyTorch's index has…" in task.lines
+    assert not (tmp_path / "deps" / deps.MARKER).exists()
+
+
 def test_missing_dependency_message_points_to_the_installer(plugin, monkeypatch):
     base = importlib.import_module(PLUGIN_NAME + ".processing_provider.base")
     monkeypatch.setattr(base, "missing_modules", lambda names: tuple(n for n in names if n == "torch"))
