@@ -570,13 +570,16 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
               extra_index_urls: Sequence[str] = (), proxy: Optional[str] = None, cert: Optional[str] = None,
               python: Optional[str] = None, system: Optional[str] = None, machine: Optional[str] = None,
               driver: Optional[Tuple[str, List[str]]] = "detect", index_base: str = TORCH_INDEX_BASE,
-              torch_version: Optional[str] = None, extras: Sequence[str] = (), defer: bool = False) -> Plan:
+              torch_version: Optional[str] = None, extras: Sequence[str] = (), defer: bool = False,
+              present_torch: Optional[Dict] = "detect") -> Plan:
     """Decide what to install where, and from which index. ``torch``: auto (CUDA when nvidia-smi reports a
     driver, the default wheel on macOS, else CPU), cpu, cuda (the build matching the driver), cuXXX, mps, or
     system (keep the torch the Python has). ``index_url`` replaces the PyTorch index ('none': only pip's own
     configured indexes and find-links). ``extras``: optional packages to add, by their names in ``OPTIONAL``
     ("dask"). ``defer``: where the build depends on the NVIDIA driver (auto, cuda), leave finding it to the
-    installation (``resolve``, called by ``install``), so that nothing here waits on nvidia-smi or the network."""
+    installation (``resolve``, called by ``install``), so that nothing here waits on nvidia-smi or the network.
+    ``present_torch``: what ``system_torch`` says of the Python's own torch ("detect": ask it); auto keeps a
+    working one where the CPU build would be chosen, since installing another gains nothing."""
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
     choice = (torch or "auto").strip().lower()
@@ -632,6 +635,12 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
             else:
                 build = tag
                 reason = f"NVIDIA driver {drv} ({', '.join(gpus) or 'GPU'}) runs CUDA {tag[2:-1]}.{tag[-1]}"
+    if choice == "auto" and build == "cpu":
+        found = system_torch(python or sys.executable) if present_torch == "detect" else present_torch
+        if found and "error" not in found:
+            plan = _system_torch_plan(target, python, index_url, extra_index_urls, proxy, cert, extras)
+            return dataclasses.replace(plan, build_reason=f"{reason}, and torch {found['version']} already works "
+                                                          f"here ({found['file']}): kept")
     if build in ("cpu",) or build.startswith("cu"):
         pin = f"torch=={tv}+{build}"
         default_index = f"{index_base.rstrip('/')}/{build}"

@@ -55,9 +55,21 @@ def test_dry_run_auto_follows_the_nvidia_driver(tmp_path):
     # the PyTorch index is unreachable here: the plan says it assumed the usual builds
     assert "torch build:     cu128 (NVIDIA driver 570.86.10 (NVIDIA RTX A4000) runs CUDA 12.8)" in r.stdout
     assert "torch==2.13.0+cu128" in r.stdout and "https://download.pytorch.org/whl/cu128" in r.stdout
+    # no driver, and a Python without torch: the CPU build
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    r = _cli("install", "--dry-run", "--target", str(tmp_path / "d"), env={"PATH": "/nonexistent"},
+             python=str(bare / "bin" / "python"))
+    assert r.returncode == 0, r.stderr
+    assert "torch build:     cpu (no NVIDIA driver found (nvidia-smi))" in r.stdout
+    # no driver, and a Python whose torch works: nothing to gain from another, it is kept
+    import torch
+
     r = _cli("install", "--dry-run", "--target", str(tmp_path / "d"), env={"PATH": "/nonexistent"},
              python=sys.executable)
-    assert "torch build:     cpu (no NVIDIA driver found (nvidia-smi))" in r.stdout
+    assert (f"torch build:     system (no NVIDIA driver found (nvidia-smi), and torch {torch.__version__} already "
+            f"works here ({torch.__file__}): kept)") in r.stdout
+    assert "packages:        earthengine-api==1.7.50 huggingface_hub==2.4.0" in r.stdout
     r = _cli("install", "--dry-run", "--torch", "cuda", "--target", str(tmp_path / "d"),
              env={"PATH": "/nonexistent"}, python=sys.executable)
     assert r.returncode == 1 and "no NVIDIA driver found" in r.stderr
@@ -89,8 +101,12 @@ def test_cuda_build_chosen_from_the_index_and_the_driver(torch_index, tmp_path):
     assert p.build == "cu129" and p.torch_index == torch_index + "/cu129" and "torch==2.13.0+cu129" in p.constraints
     p = plan(torch="auto", driver=("570.10", ["GPU"]))
     assert p.build == "cu126"  # 12.9 needs 575.51.03
-    p = plan(torch="auto", driver=("535.0", ["GPU"]))
+    p = plan(torch="auto", driver=("535.0", ["GPU"]), present_torch=None)
     assert p.build == "cpu" and "too old" in p.build_reason
+    p = plan(torch="auto", driver=("535.0", ["GPU"]), present_torch={"version": "2.6.0", "file": "/usr/lib/t.py"})
+    assert p.build == "system" and p.build_reason.startswith("NVIDIA driver 535.0 too old") and "2.6.0" in p.build_reason
+    p = plan(torch="auto", driver=None, present_torch={"error": "torch 1.13 is older than the 2.1 the plugin needs"})
+    assert p.build == "cpu"
     with pytest.raises(deps.DepsError, match="older than any CUDA build"):
         plan(torch="cuda", driver=("535.0", ["GPU"]))
     # Windows drivers have their own numbering: 576.02 is the first for CUDA 12.9 there
