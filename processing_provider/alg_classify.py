@@ -1,16 +1,11 @@
 """Classify an embedding raster from labelled points or polygons: classes, confidence, accuracy report
 and an optional saved model."""
-from qgis.core import (
-    QgsProcessingOutputNumber,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterRasterDestination,
-)
+from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterRasterDestination
 
-from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
+from .analysis_common import OUTPUT, AnalysisAlgorithm
 from .base import GROUP_MAPPING, callbacks
-from .features import (ACCURACY, ALL_TOUCHED, CONFIDENCE, FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER,
-                       REPORT, REPORT_FILTER, SEED, add_labelled_params, add_learning_params, optional_path,
-                       read_labelled)
+from .features import (ACCURACY, CONFIDENCE, MODEL, REPORT, add_labelled_params, add_learning_params,
+                       add_report_and_model_params, learning_args, read_labelled_for_embeddings)
 from .styling import attach, style_confidence, style_labelled_classes
 
 class ClassifyAlgorithm(AnalysisAlgorithm):
@@ -34,30 +29,19 @@ class ClassifyAlgorithm(AnalysisAlgorithm):
         self.add_output()
         self.addParameter(QgsProcessingParameterRasterDestination(
             CONFIDENCE, self.tr("Confidence (probability of the class)"), optional=True, createByDefault=True))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            REPORT, self.tr("Accuracy report"), REPORT_FILTER, optional=True, createByDefault=True))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            MODEL, self.tr("Save the fitted model"), MODEL_FILTER, optional=True, createByDefault=False))
+        add_report_and_model_params(self)
         self.addOutput(QgsProcessingOutputNumber(ACCURACY, self.tr("Overall accuracy (k-fold)")))
 
     def execute(self, parameters, context, feedback):
-        from ..thor_qgis import classify, gdal_io
+        from ..thor_qgis import classify
 
-        src = embedding_path(self, parameters, context)
-        crs_wkt = gdal_io.raster_info(src).crs_wkt
-        _, field, (wkts, ids, values, *_rest) = read_labelled(self, parameters, context, crs_wkt, feedback)
+        src, _, field, (wkts, ids, values, *_rest) = read_labelled_for_embeddings(self, parameters, context, feedback)
         progress, is_canceled, log = callbacks(feedback)
         conf = self.parameterAsOutputLayer(parameters, CONFIDENCE, context) if parameters.get(CONFIDENCE) else ""
         record = classify.classify(
             src, self.parameterAsOutputLayer(parameters, OUTPUT, context), wkts, values, dst_confidence=conf or None,
-            method=self.parameterAsEnumString(parameters, "METHOD", context),
-            k=self.parameterAsInt(parameters, K, context), folds=self.parameterAsInt(parameters, FOLDS, context),
-            seed=self.parameterAsInt(parameters, SEED, context),
-            all_touched=self.parameterAsBool(parameters, ALL_TOUCHED, context),
-            report_path=optional_path(self, parameters, REPORT, context) or None,
-            model_path=optional_path(self, parameters, MODEL, context) or None,
-            max_samples=self.parameterAsInt(parameters, MAX_SAMPLES, context), feature_names=ids, label_field=field,
-            progress=progress, is_canceled=is_canceled, log=log)
+            feature_names=ids, label_field=field, progress=progress, is_canceled=is_canceled, log=log,
+            **learning_args(self, parameters, context))
         self._dest = record["output"]
         self._conf = record["confidence"]
         acc = record["validation"].get("overall_accuracy")

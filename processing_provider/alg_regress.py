@@ -1,10 +1,10 @@
 """Regress a numeric value over an embedding raster from labelled points or polygons."""
-from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterFileDestination
+from qgis.core import QgsProcessingOutputNumber
 
-from .analysis_common import OUTPUT, AnalysisAlgorithm, embedding_path
+from .analysis_common import OUTPUT, AnalysisAlgorithm
 from .base import GROUP_MAPPING, callbacks
-from .features import (ALL_TOUCHED, FOLDS, K, MAX_SAMPLES, MODEL, MODEL_FILTER, REPORT, REPORT_FILTER, SEED,
-                       add_labelled_params, add_learning_params, optional_path, read_labelled)
+from .features import (MODEL, REPORT, add_labelled_params, add_learning_params, add_report_and_model_params,
+                       learning_args, read_labelled_for_embeddings)
 from .styling import style_values
 
 R2 = "R2"
@@ -28,30 +28,19 @@ class RegressAlgorithm(AnalysisAlgorithm):
         add_labelled_params(self, self.tr, "Value field (numeric)")
         add_learning_params(self, ["knn", "ridge", "random_forest"], "ridge")
         self.add_output()
-        self.addParameter(QgsProcessingParameterFileDestination(
-            REPORT, self.tr("Accuracy report"), REPORT_FILTER, optional=True, createByDefault=True))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            MODEL, self.tr("Save the fitted model"), MODEL_FILTER, optional=True, createByDefault=False))
+        add_report_and_model_params(self)
         self.addOutput(QgsProcessingOutputNumber(R2, self.tr("R² (k-fold)")))
         self.addOutput(QgsProcessingOutputNumber(RMSE, self.tr("RMSE (k-fold)")))
 
     def execute(self, parameters, context, feedback):
-        from ..thor_qgis import gdal_io, regress
+        from ..thor_qgis import regress
 
-        src = embedding_path(self, parameters, context)
-        crs_wkt = gdal_io.raster_info(src).crs_wkt
-        _, field, (wkts, ids, values, *_rest) = read_labelled(self, parameters, context, crs_wkt, feedback)
+        src, _, field, (wkts, ids, values, *_rest) = read_labelled_for_embeddings(self, parameters, context, feedback)
         progress, is_canceled, log = callbacks(feedback)
         record = regress.regress(
             src, self.parameterAsOutputLayer(parameters, OUTPUT, context), wkts, values,
-            method=self.parameterAsEnumString(parameters, "METHOD", context),
-            k=self.parameterAsInt(parameters, K, context), folds=self.parameterAsInt(parameters, FOLDS, context),
-            seed=self.parameterAsInt(parameters, SEED, context),
-            all_touched=self.parameterAsBool(parameters, ALL_TOUCHED, context),
-            report_path=optional_path(self, parameters, REPORT, context) or None,
-            model_path=optional_path(self, parameters, MODEL, context) or None,
-            max_samples=self.parameterAsInt(parameters, MAX_SAMPLES, context), feature_names=ids, value_field=field,
-            progress=progress, is_canceled=is_canceled, log=log)
+            feature_names=ids, value_field=field, progress=progress, is_canceled=is_canceled, log=log,
+            **learning_args(self, parameters, context))
         self._dest = record["output"]
         v = record["validation"]
         return {OUTPUT: self._dest, REPORT: record["report"], MODEL: record["model"], R2: v.get("r2"),

@@ -8,6 +8,7 @@ from qgis.core import (
     QgsField,
     QgsFields,
     QgsGeometry,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
@@ -166,6 +167,18 @@ def read_labelled(alg, parameters, context, crs_wkt: str, feedback, need_field: 
     return meta, field, data
 
 
+def read_labelled_for_embeddings(alg, parameters, context, feedback, need_field: bool = True):
+    """(embedding raster path, and what :func:`read_labelled` returns) with the labelled features read in
+    the CRS of the algorithm's input embedding raster."""
+    from ..thor_qgis import gdal_io
+    from .analysis_common import embedding_path
+
+    src = embedding_path(alg, parameters, context)
+    meta, field, data = read_labelled(alg, parameters, context, gdal_io.raster_info(src).crs_wkt, feedback,
+                                      need_field)
+    return src, meta, field, data
+
+
 # --- learning from labelled features (thor:classify, thor:regress) ---------------------------------------
 
 METHOD = "METHOD"
@@ -197,6 +210,27 @@ def add_learning_params(alg, methods, default, k_label="Neighbours (k, for k-nea
         MAX_SAMPLES, alg.tr("Most labelled cells to fit on"),
         NUMBER_INTEGER, defaultValue=20000, minValue=10),
         alg.tr("Beyond this, a random subset (stratified by class, seeded) of the labelled cells is used.")))
+
+
+def add_report_and_model_params(alg):
+    """The accuracy report (made by default) and the saved model (off by default) of a learning algorithm."""
+    alg.addParameter(QgsProcessingParameterFileDestination(
+        REPORT, alg.tr("Accuracy report"), REPORT_FILTER, optional=True, createByDefault=True))
+    alg.addParameter(QgsProcessingParameterFileDestination(
+        MODEL, alg.tr("Save the fitted model"), MODEL_FILTER, optional=True, createByDefault=False))
+
+
+def learning_args(alg, parameters, context) -> dict:
+    """The engine's keyword arguments for the parameters of :func:`add_learning_params`,
+    :func:`add_report_and_model_params` and the polygon rule of :func:`add_labelled_params`."""
+    return dict(
+        method=alg.parameterAsEnumString(parameters, METHOD, context),
+        k=alg.parameterAsInt(parameters, K, context), folds=alg.parameterAsInt(parameters, FOLDS, context),
+        seed=alg.parameterAsInt(parameters, SEED, context),
+        all_touched=alg.parameterAsBool(parameters, ALL_TOUCHED, context),
+        report_path=optional_path(alg, parameters, REPORT, context) or None,
+        model_path=optional_path(alg, parameters, MODEL, context) or None,
+        max_samples=alg.parameterAsInt(parameters, MAX_SAMPLES, context))
 
 
 def optional_path(alg, parameters, name, context) -> str:
