@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .analysis import FLOAT_NODATA, CLASS_NODATA, CancelFn, ProgressFn, _class_palette, _Run
-from .errors import ThorConfigError, ThorInputError
+from .errors import ThorInputError
 from .labels import raster_fingerprint
 from .learners import CLASSIFIERS, class_metrics, library_versions, make_classifier, save_model
-from .supervised import (LogFn, check_outputs, cross_validate, int_arg, limit_samples, predict_to_rasters,
-                         report_format, seed_arg, training_cells, write_report)
+from .supervised import (LogFn, check_fit_args, cross_validate, fit_config, limit_samples, predict_to_rasters,
+                         training_cells, write_report)
 
 __all__ = ["classify", "class_table", "classes_raster_extras"]
 
@@ -86,19 +86,9 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
     """Classify ``src`` from features ``geometries_wkt`` labelled ``labels_in`` (see the module doc).
     Returns the recorded config plus ``output``, ``confidence``, ``report``, ``model`` paths and the
     report text (Markdown) as ``report_text``."""
-    if method not in CLASSIFIERS:
-        raise ThorConfigError(f"unknown classifier {method!r}: choose one of {', '.join(CLASSIFIERS)}")
-    k = int_arg("k (neighbours)", k, 1)
-    folds = int_arg("folds", folds, 0)
-    seed = seed_arg(seed)
-    max_samples = int_arg("max_samples", max_samples, 10)
-    if len(geometries_wkt) != len(labels_in):
-        raise ThorConfigError("one label per feature is needed")
-    check_outputs(src, dst_classes, dst_confidence, report_path, model_path)
-    report_format(report_path)
-    if model_path and not str(model_path).lower().endswith(".npz"):
-        raise ThorConfigError(f"model files are .npz files: give a name ending in .npz, not "
-                              f"{os.path.basename(model_path)}")
+    k, folds, seed, max_samples = check_fit_args(
+        method, CLASSIFIERS, "classifier", k, folds, seed, max_samples, geometries_wkt, labels_in, "label", src,
+        (dst_classes, dst_confidence), report_path, model_path)
     fitted_on = raster_fingerprint(src)
     run = _Run(progress, is_canceled, (0.3, 0.4, 1.0))
     labels = normalise_labels(labels_in)
@@ -141,16 +131,8 @@ def classify(src: str, dst_classes: str, geometries_wkt: Sequence[str], labels_i
     params = {"method": method, "k": kk if method == "knn" else None, "folds": folds, "seed": seed,
               "all_touched": bool(all_touched), "label_field": label_field, "max_samples": max_samples}
     validation = _validation_record(metrics, used_folds, why, classes)
-    config = {
-        "operation": "classify",
-        "source": os.path.abspath(os.fspath(src)),
-        "parameters": params,
-        "classes": classes,
-        "training": train.report,
-        "validation": validation,
-        "learner": learner.params(),
-        "format": {"dtype": dtype, "nodata": CLASS_NODATA, "bands": ["class"]},
-    }
+    config = fit_config("classify", src, params, {"classes": classes}, train, validation, learner,
+                        {"dtype": dtype, "nodata": CLASS_NODATA, "bands": ["class"]})
     conf_config = dict(config, format={"dtype": "float32", "nodata": FLOAT_NODATA, "bands": ["confidence"],
                                        "range": [0.0, 1.0]})
     outputs = [(dst_classes, dtype, CLASS_NODATA, ["class"], config)]

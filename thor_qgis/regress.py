@@ -14,11 +14,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .analysis import FLOAT_NODATA, CancelFn, ProgressFn, _index_list, _Run
-from .errors import ThorConfigError, ThorInputError
+from .errors import ThorInputError
 from .labels import check_finite_number, raster_fingerprint
 from .learners import REGRESSORS, library_versions, make_regressor, regression_metrics, save_model
-from .supervised import (LogFn, check_outputs, cross_validate, int_arg, limit_samples, predict_to_rasters,
-                         report_format, seed_arg, training_cells, write_report)
+from .supervised import (LogFn, check_fit_args, cross_validate, fit_config, limit_samples, predict_to_rasters,
+                         training_cells, write_report)
 
 __all__ = ["regress", "numeric_values"]
 
@@ -64,19 +64,9 @@ def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequen
             progress: ProgressFn = None, is_canceled: CancelFn = None, log: LogFn = None,
             block_pixels: Optional[int] = None) -> Dict[str, Any]:
     """Predict a numeric value for every valid cell of ``src`` from labelled features (module doc)."""
-    if method not in REGRESSORS:
-        raise ThorConfigError(f"unknown regressor {method!r}: choose one of {', '.join(REGRESSORS)}")
-    k = int_arg("k (neighbours)", k, 1)
-    folds = int_arg("folds", folds, 0)
-    seed = seed_arg(seed)
-    max_samples = int_arg("max_samples", max_samples, 10)
-    if len(geometries_wkt) != len(values_in):
-        raise ThorConfigError("one value per feature is needed")
-    check_outputs(src, dst, report_path, model_path)
-    report_format(report_path)
-    if model_path and not str(model_path).lower().endswith(".npz"):
-        raise ThorConfigError(f"model files are .npz files: give a name ending in .npz, not "
-                              f"{os.path.basename(model_path)}")
+    k, folds, seed, max_samples = check_fit_args(
+        method, REGRESSORS, "regressor", k, folds, seed, max_samples, geometries_wkt, values_in, "value", src,
+        (dst,), report_path, model_path)
     values = numeric_values(values_in, feature_names, value_field)
     fitted_on = raster_fingerprint(src)
     run = _Run(progress, is_canceled, (0.3, 0.4, 1.0))
@@ -110,16 +100,8 @@ def regress(src: str, dst: str, geometries_wkt: Sequence[str], values_in: Sequen
                    **{k_: round(v, 6) if isinstance(v, float) else v for k_, v in metrics.items()}}
                   if metrics is not None else {"folds": 0, "note": why})
     target = {"min": float(y.min()), "max": float(y.max()), "mean": float(y.mean()), "std": float(y.std())}
-    config = {
-        "operation": "regress",
-        "source": os.path.abspath(os.fspath(src)),
-        "parameters": params,
-        "target": target,
-        "training": train.report,
-        "validation": validation,
-        "learner": learner.params(),
-        "format": {"dtype": "float32", "nodata": FLOAT_NODATA, "bands": ["value"]},
-    }
+    config = fit_config("regress", src, params, {"target": target}, train, validation, learner,
+                        {"dtype": "float32", "nodata": FLOAT_NODATA, "bands": ["value"]})
 
     def predict(x):
         return (learner.predict(x).astype(np.float32),)

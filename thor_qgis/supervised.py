@@ -205,6 +205,44 @@ def check_outputs(src: str, *paths: Optional[str]) -> None:
         seen.add(real)
 
 
+def check_fit_args(method: str, methods: Sequence[str], kind: str, k: Any, folds: Any, seed: Any, max_samples: Any,
+                   geometries_wkt: Sequence[str], targets: Sequence[Any], target: str, src: str,
+                   outputs: Sequence[Optional[str]], report_path: Optional[str],
+                   model_path: Optional[str]) -> Tuple[int, int, int, int]:
+    """The checks a fit (classify, regress) makes before reading anything, in this order: the ``kind`` of
+    learner ``method`` is one of ``methods``, the numbers, one ``target`` (label, value) per feature, distinct
+    writable outputs, the report's format and the model's .npz name. Returns k, folds, seed, max_samples."""
+    if method not in methods:
+        raise ThorConfigError(f"unknown {kind} {method!r}: choose one of {', '.join(methods)}")
+    k = int_arg("k (neighbours)", k, 1)
+    folds = int_arg("folds", folds, 0)
+    seed = seed_arg(seed)
+    max_samples = int_arg("max_samples", max_samples, 10)
+    if len(geometries_wkt) != len(targets):
+        raise ThorConfigError(f"one {target} per feature is needed")
+    check_outputs(src, *outputs, report_path, model_path)
+    report_format(report_path)
+    if model_path and not str(model_path).lower().endswith(".npz"):
+        raise ThorConfigError(f"model files are .npz files: give a name ending in .npz, not "
+                              f"{os.path.basename(model_path)}")
+    return k, folds, seed, max_samples
+
+
+def fit_config(operation: str, src: str, params: Dict[str, Any], about: Dict[str, Any], train: Training,
+               validation: Dict[str, Any], learner: Any, fmt: Dict[str, Any]) -> Dict[str, Any]:
+    """The THOR_CONFIG record of a fit's output: ``about`` (the classes, the target) follows the parameters."""
+    return {
+        "operation": operation,
+        "source": os.path.abspath(os.fspath(src)),
+        "parameters": params,
+        **about,
+        "training": train.report,
+        "validation": validation,
+        "learner": learner.params(),
+        "format": fmt,
+    }
+
+
 def report_format(path: Optional[str]) -> Optional[str]:
     if not path:
         return None

@@ -158,6 +158,25 @@ def test_bad_inputs_give_clear_errors(scene, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fit, kind, target", [(classify.classify, "classifier", "label"),
+                                               (regress.regress, "regressor", "value")])
+def test_fit_argument_checks_name_the_fit(scene, tmp_path, fit, kind, target):
+    src, out, wkts = scene["src"], str(tmp_path / "o.tif"), scene["wkts"][:2]
+    with pytest.raises(ThorConfigError, match=f"unknown {kind} 'svm'"):
+        fit(src, out, wkts, [1, 2], method="svm")
+    with pytest.raises(ThorConfigError, match=r"k \(neighbours\) must be an integer >= 1"):
+        fit(src, out, wkts, [1, 2], k=0)
+    with pytest.raises(ThorConfigError, match="max_samples must be an integer >= 10"):
+        fit(src, out, wkts, [1, 2], max_samples=5)
+    with pytest.raises(ThorConfigError, match=f"one {target} per feature"):
+        fit(src, out, wkts, [1])
+    with pytest.raises(ThorConfigError, match="two outputs are written"):
+        fit(src, out, wkts, [1, 2], report_path=out)
+    with pytest.raises(ThorConfigError, match="model files are .npz files"):
+        fit(src, out, wkts, [1, 2], model_path=str(tmp_path / "m.pkl"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_few_features_per_class_skip_kfold_honestly(scene, tmp_path):
     rec = classify.classify(scene["src"], str(tmp_path / "c.tif"), scene["wkts"][:1] + scene["wkts"][20:22],
                             [1, 2, 2], report_path=str(tmp_path / "r.md"))
