@@ -17,10 +17,11 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .analysis import (_Run, _bands, _block_pixels_arg, _crs_label, _feature_pixels, _index_list,
-                       _nodata32, _ogr, _open_embedding, _read_window, CancelFn, ProgressFn)
+from .analysis import (_Run, _block_pixels_arg, _crs_label, _feature_pixels, _index_list, _ogr, _open_embedding,
+                       CancelFn, ProgressFn)
 from .errors import ThorInputError
 from .gdal_io import RasterInfo, gdal
+from .window_read import read_sparse
 
 __all__ = ["FeatureCells", "cells_under_features", "raster_fingerprint", "cell_centres"]
 
@@ -159,37 +160,18 @@ def read_cells(ds, info: RasterInfo, flat: np.ndarray, pixels: int, run: Optiona
                stage: int = 0):
     """Embedding vectors [n, C] float32 and valid flags [n] of the cells ``flat`` (sorted, unique);
     reads each window of the raster that holds any of them once, in bounded pieces."""
-    bands = _bands(ds)
-    nodata32 = _nodata32(info)
     out = np.zeros((flat.size, info.band_count), dtype=np.float32)
     valid_out = np.zeros(flat.size, dtype=bool)
-    if flat.size == 0:
-        return out, valid_out
-    bw, bh = bands[0].GetBlockSize()
-    rows, cols = flat // info.width, flat % info.width
-    tiles_x = -(-info.width // bw)
-    tile = (rows // bh) * tiles_x + cols // bw
-    order = np.argsort(tile, kind="stable")
-    bounds = np.flatnonzero(np.diff(tile[order])) + 1
-    groups = np.split(order, bounds)
-    for gi, group in enumerate(groups):
-        rr, cc = rows[group], cols[group]
-        x0, x1, y0, y1 = int(cc.min()), int(cc.max()) + 1, int(rr.min()), int(rr.max()) + 1
-        step = max(1, pixels // (x1 - x0))
-        for ys in range(y0, y1, step):
-            h = min(step, y1 - ys)
-            sel = (rr >= ys) & (rr < ys + h)
-            if not sel.any():
-                continue
-            data, valid = _read_window(ds, bands, nodata32, x0, ys, x1 - x0, h)
-            lr, lc = rr[sel] - ys, cc[sel] - x0
-            idx = group[sel]
-            valid_out[idx] = valid[lr, lc]
-            out[idx] = data[:, lr, lc].T
-            del data, valid
-        if run is not None:
-            run.report(stage, (gi + 1) / len(groups))
-            run.check()
+
+    def put(idx, data, valid, lr, lc):
+        valid_out[idx] = valid[lr, lc]
+        out[idx] = data[:, lr, lc].T
+
+    def block_done(done, total):
+        run.report(stage, done / total)
+        run.check()
+
+    read_sparse(ds, info, flat, pixels, put, block_done if run is not None else None)
     # a valid cell whose vector is all zero has no direction for cosine measures: treat it as nodata
     valid_out &= np.any(out != 0, axis=1)
     return out, valid_out
