@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: real GeoTIFFs from arrays."""
+"""Small helpers shared by the tests: real GeoTIFFs from arrays, and Processing models that embed imagery."""
 import numpy as np
 from osgeo import gdal, osr
 
@@ -54,3 +54,32 @@ def model_output_parameter(model, child_id, output_name):
             return d.name()
     raise AssertionError(f"the model has no destination for {child_id}/{output_name}: "
                          f"{[(d.name(), d.metadata()) for d in defs]}")
+
+
+def grid_then_model(name, grid_values, alg_id, child_id, output, values=None, inputs=None):
+    """A model that embeds its raster parameter ``s2`` with thor:grid_from_raster (child ``grid``, its
+    parameters ``grid_values``) and feeds the grid to ``alg_id`` as child ``child_id``, with parameters
+    ``values`` and, from ``inputs`` ({child parameter: model parameter definition}), more model
+    parameters; that child's OUTPUT is the model output ``output``.
+
+    Returns the model and the name of the output's destination parameter (see :func:`model_output_parameter`)."""
+    from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildParameterSource,
+                           QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterRasterLayer)
+
+    from tests.qgis.test_toolbox_and_modeler import child
+
+    source = QgsProcessingModelChildParameterSource
+    model = QgsProcessingModelAlgorithm(name, "tests")
+    sources = {"INPUT": source.fromChildOutput("grid", "OUTPUT")}
+    for d in [QgsProcessingParameterRasterLayer("s2", "Sentinel-2"), *(inputs or {}).values()]:
+        model.addModelParameter(d, QgsProcessingModelParameter(d.name()))
+    for param, d in (inputs or {}).items():
+        sources[param] = source.fromModelParameter(d.name())
+    model.addChildAlgorithm(child("thor:grid_from_raster", "grid", {
+        "INPUT": source.fromModelParameter("s2"), **{k: source.fromStaticValue(v) for k, v in grid_values.items()}}))
+    second = child(alg_id, child_id, {**sources, **{k: source.fromStaticValue(v) for k, v in (values or {}).items()}})
+    out = QgsProcessingModelOutput(output, output)
+    out.setChildOutputName("OUTPUT")
+    second.setModelOutputs({output: out})
+    model.addChildAlgorithm(second)
+    return model, model_output_parameter(model, child_id, output)

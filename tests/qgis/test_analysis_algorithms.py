@@ -11,18 +11,12 @@ from qgis.core import (
     QgsGeometry,
     QgsPointXY,
     QgsProcessingException,
-    QgsProcessingModelAlgorithm,
-    QgsProcessingModelChildParameterSource,
-    QgsProcessingModelOutput,
-    QgsProcessingModelParameter,
-    QgsProcessingParameterRasterLayer,
     QgsRasterLayer,
     QgsVectorLayer,
 )
 
 from tests.conftest import FIXTURE_CKPT, ROOT, need_fixtures, run_qgis_process
-from tests.helpers import model_output_parameter, read_raster, write_raster
-from tests.qgis.test_toolbox_and_modeler import child
+from tests.helpers import grid_then_model, read_raster, write_raster
 
 
 def run(alg, params):
@@ -138,20 +132,9 @@ def test_model_chains_grid_into_embedding_rgb(plugin, sample_raster, tmp_path):
     need_fixtures()
     import processing
 
-    model = QgsProcessingModelAlgorithm("embed and look", "tests")
-    model.addModelParameter(QgsProcessingParameterRasterLayer("s2", "Sentinel-2"), QgsProcessingModelParameter("s2"))
-    static = QgsProcessingModelChildParameterSource.fromStaticValue
-    model.addChildAlgorithm(child("thor:grid_from_raster", "grid", {
-        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("s2"),
-        "MODEL_KEY": static("thor_v1_tiny"), "CHECKPOINT": static(str(FIXTURE_CKPT))}))
-    rgb = child("thor:embedding_to_rgb", "rgb",
-                {"INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("grid", "OUTPUT")})
-    out = QgsProcessingModelOutput("picture", "picture")
-    out.setChildOutputName("OUTPUT")
-    rgb.setModelOutputs({"picture": out})
-    model.addChildAlgorithm(rgb)
+    model, name = grid_then_model("embed and look", {"MODEL_KEY": "thor_v1_tiny", "CHECKPOINT": str(FIXTURE_CKPT)},
+                                  "thor:embedding_to_rgb", "rgb", "picture")
     dest = str(tmp_path / "picture.tif")
-    name = model_output_parameter(model, "rgb", "picture")
     res = processing.run(model, {"s2": str(sample_raster), name: dest})
     assert res[name] == dest
     arr, *_ = read_raster(dest)

