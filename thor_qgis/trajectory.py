@@ -17,9 +17,10 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .analysis import (FLOAT_NODATA, CancelFn, ProgressFn, _bands, _block_pixels_arg, _check_dst, _grid_differences,
-                       _nodata32, _open_embedding, _read_window, _Run, _writer, plan_windows)
+from .analysis import (FLOAT_NODATA, CancelFn, ProgressFn, _block_pixels_arg, _check_dst, _grid_differences,
+                       _open_embedding, _Run, _writer, plan_windows)
 from .errors import ThorConfigError, ThorInputError
+from .window_read import _bands, _nodata32, _read_window
 
 BANDS = ["trajectory_magnitude", "largest_change", "largest_change_step"]
 __all__ = ["trajectory_map", "BANDS"]
