@@ -11,7 +11,7 @@ from . import params as P
 from .alg_raster_pooled import BUFFER, add_buffer_param, buffer_m
 from .base import GROUP_EE, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
-from .grid_plan import add_dry_run_param, add_plan_outputs, is_dry_run, log_plan, make_plan, plan_outputs
+from .grid_plan import GridPlanner, add_model_and_grid_params, plan_outputs
 from .styling import style_rgb_stretch
 
 EXTENT = "EXTENT"
@@ -67,13 +67,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         P.add_sensor_params(self, self.tr)
         P.add_fetch_workers_param(self, self.tr)
         E.add_ee_params(self, self.tr)
-        P.add_model_params(self, self.tr)
-        cluster.add_dask_param(self, self.tr)  # with the model: where it runs
-        P.add_grid_output_params(self, self.tr)
-        P.add_context_margin_param(self, self.tr)
-        add_dry_run_param(self, self.tr)
-        P.add_grid_destination(self, self.tr, OUTPUT)
-        add_plan_outputs(self, self.tr)
+        add_model_and_grid_params(self, self.tr, OUTPUT)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = P.check_model_values(self, parameters, context)
@@ -128,22 +122,19 @@ class EEGridAlgorithm(ThorAlgorithm):
             return global_layout(bounds, crs, sensor.scale_m, model.image_size, grid_side, seams=seams,
                                  margin=P.fitted_margin(margin, grid_side, model.image_size, seams, feedback))
 
+        def check(layout, _hint):
+            E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
+
         # the plan, before anything is opened or loaded (the specification gives the token grid)
-        layout = layout_for(model.grid_side(sensor.scale_m))
-        plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
-        log_plan(feedback, plan)
-        if is_dry_run(self, parameters, context):
-            try:
-                E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
-            except QgsProcessingException as e:
-                feedback.reportError(f"A real run would stop here: {e}", fatalError=False)
-            feedback.pushInfo("Dry run: no session was opened, nothing was loaded, fetched or written.")
-            return plan_outputs(plan)
-        E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
+        planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m, earth_engine=True)
+        dry_run = planner.start(self, parameters, context, feedback,
+                                "Dry run: no session was opened, nothing was loaded, fetched or written.")
+        if dry_run is not None:
+            return dry_run
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
         on_cluster = cluster.scheduler(self, parameters, context)
         if on_cluster is not None:  # the workers open the session and fetch the tiles
-            return self._on_cluster(on_cluster, layout, layout_for, model, output, sensor, temporal, cfg, workers,
+            return self._on_cluster(on_cluster, planner, model, output, sensor, temporal, cfg, workers,
                                     area, bounds, crs, half, dest, feedback)
 
         # the session first: a missing project or credentials is reported before the model is loaded
@@ -151,9 +142,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         # keep the process-wide Earth Engine client on this project until the run ends
         self.hold(ee_session.session_in_use(session))
         embedder = open_embedder(model, sensor.scale_m, feedback)
-        if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
-            layout = layout_for(embedder.grid_side())
-            plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
+        layout = planner.relayout(embedder.grid_side())
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}) in {crs}; output from ({layout.origin_x:.1f}, {layout.origin_y:.1f}), "
                           f"pixels {layout.output_pixel_size():g} m; {workers} parallel request(s).")
@@ -177,10 +166,10 @@ class EEGridAlgorithm(ThorAlgorithm):
                           f"{result.band_count} bands ({stats.requests} request(s), {stats.cache_hits} from "
                           "the cache).")
         self._dest = dest
-        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+        return dict(plan_outputs(planner.plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
                     BANDS=result.band_count, TILES=result.tiles, EE_REQUESTS=stats.requests)
 
-    def _on_cluster(self, spec, layout, layout_for, model, output, sensor, temporal, cfg, workers, area, bounds, crs,
+    def _on_cluster(self, spec, planner, model, output, sensor, temporal, cfg, workers, area, bounds, crs,
                     half, dest, feedback):
         from ..thor_qgis import distributed, ee_session
 
@@ -196,18 +185,17 @@ class EEGridAlgorithm(ThorAlgorithm):
                                                  api_url=ee_session.resolve_api_url(cfg.api_url),
                                                  service_account_key=cfg.service_account_key, cache=cfg.cache,
                                                  deadline_s=cfg.policy().deadline_s)
-        work = distributed.GridWork(layout=layout, model=model, imagery=imagery, group_merge=output.group_merge,
+        work = distributed.GridWork(layout=planner.layout, model=model, imagery=imagery, group_merge=output.group_merge,
                                     scale_m=sensor.scale_m, fill_value=sensor.fill_value)
 
         def record_for(ready):
             return provenance(model, output, sensor, temporal,
                               source=E.source_record(sensor, temporal, ready.session, cfg, workers, area=area_rec))
 
-        result, layout = cluster.run_grid(spec, work, dest, record_for, layout_for, feedback, progress, is_canceled,
-                                          log, feedback.setProgressText)
-        plan = make_plan(layout, model, output.group_merge, sensor.scale_m, earth_engine=True)
+        result, layout = cluster.run_grid(spec, work, dest, record_for, planner.relayout, feedback, progress,
+                                          is_canceled, log, feedback.setProgressText)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest
-        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+        return dict(plan_outputs(planner.plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
                     BANDS=result.band_count, TILES=result.tiles, EE_REQUESTS=layout.n_tiles)

@@ -9,12 +9,11 @@ from qgis.core import (
 
 from . import params as P
 from . import cluster
-from ..thor_qgis.errors import ThorInputError
 from .base import GROUP_RASTER, ThorAlgorithm, callbacks
 from .compat import NUMBER_DOUBLE
 from .engine_run import open_embedder, provenance, resolve_common
 from .product_input import add_product_param, check_layer_param, input_crs, product_record, product_source_for
-from .grid_plan import add_dry_run_param, add_plan_outputs, is_dry_run, log_plan, make_plan, plan_outputs
+from .grid_plan import GridPlanner, add_model_and_grid_params, plan_outputs
 from .styling import style_rgb_stretch
 
 INPUT = "INPUT"
@@ -123,13 +122,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
         self.addParameter(P._help(QgsProcessingParameterExtent(EXTENT, self.tr("Extent"), optional=True),
                                   self.tr("Empty: the extent of the raster layer or product.")))
         P.add_scale_fill_params(self, self.tr)  # advanced: first of the advanced list, with the imagery
-        P.add_model_params(self, self.tr)
-        cluster.add_dask_param(self, self.tr)  # with the model: where it runs
-        P.add_grid_output_params(self, self.tr)
-        P.add_context_margin_param(self, self.tr)
-        add_dry_run_param(self, self.tr)
-        P.add_grid_destination(self, self.tr, OUTPUT)
-        add_plan_outputs(self, self.tr)
+        add_model_and_grid_params(self, self.tr, OUTPUT)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, msg = check_layer_param(parameters, INPUT)  # first: a product there is a misplaced value, not a bad file
@@ -154,26 +147,21 @@ class RasterGridAlgorithm(ThorAlgorithm):
             return source.layout(area, model.image_size, grid_side, seams=seams,
                                  margin=P.fitted_margin(margin, grid_side, model.image_size, seams, feedback))
 
+        def check(layout, hint):
+            P.check_grid_size(layout, model, output, sensor.scale_m, hint=hint)
+
         # the plan, before the model is loaded (the specification gives the token grid)
-        layout = layout_for(model.grid_side(sensor.scale_m))
-        plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
-        log_plan(feedback, plan)
-        if is_dry_run(self, parameters, context):
-            try:
-                P.check_grid_size(layout, model, output, sensor.scale_m)
-            except ThorInputError as e:
-                feedback.reportError(f"A real run would stop here: {e}", fatalError=False)
-            feedback.pushInfo("Dry run: nothing was loaded, read or written.")
-            return plan_outputs(plan)
+        planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m,
+                              hint="Check the extent and its CRS. ")
+        dry_run = planner.start(self, parameters, context, feedback, "Dry run: nothing was loaded, read or written.")
+        if dry_run is not None:
+            return dry_run
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)
-        P.check_grid_size(layout, model, output, sensor.scale_m, hint="Check the extent and its CRS. ")
         on_cluster = cluster.scheduler(self, parameters, context)
         if on_cluster is not None:
-            return self._on_cluster(on_cluster, layout, layout_for, model, output, sensor, source, dest, feedback)
+            return self._on_cluster(on_cluster, planner, model, output, sensor, source, dest, feedback)
         embedder = open_embedder(model, sensor.scale_m, feedback)
-        if embedder.grid_side() != layout.grid_side:  # the backend's own token grid wins
-            layout = layout_for(embedder.grid_side())
-            plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
+        layout = planner.relayout(embedder.grid_side())
         feedback.pushInfo(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × "
                           f"{layout.tiles_y}); output pixels {layout.output_pixel_size():g} m.")
         progress, is_canceled, log = callbacks(feedback)  # the bar counts tiles; loading says what it does
@@ -190,10 +178,10 @@ class RasterGridAlgorithm(ThorAlgorithm):
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest
-        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+        return dict(plan_outputs(planner.plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
                     BANDS=result.band_count, TILES=result.tiles)
 
-    def _on_cluster(self, spec, layout, layout_for, model, output, sensor, source, dest, feedback):
+    def _on_cluster(self, spec, planner, model, output, sensor, source, dest, feedback):
         from ..thor_qgis import distributed
 
         feedback.pushInfo(f"Running on {spec.describe()}: each worker reads the "
@@ -205,13 +193,12 @@ class RasterGridAlgorithm(ThorAlgorithm):
         imagery = distributed.RasterImagery(source.path, band_map=tuple(source.band_map), dn_offset=source.dn_offset,
                                             scale_m=sensor.scale_m, fill_value=sensor.fill_value,
                                             product=bool(getattr(source, "product", None)))
-        work = distributed.GridWork(layout=layout, model=model, imagery=imagery, group_merge=output.group_merge,
+        work = distributed.GridWork(layout=planner.layout, model=model, imagery=imagery, group_merge=output.group_merge,
                                     scale_m=sensor.scale_m, fill_value=sensor.fill_value)
-        result, layout = cluster.run_grid(spec, work, dest, lambda _ready: record, layout_for, feedback, progress,
-                                          is_canceled, log, feedback.setProgressText)
-        plan = make_plan(layout, model, output.group_merge, sensor.scale_m)
+        result, _layout = cluster.run_grid(spec, work, dest, lambda _ready: record, planner.relayout, feedback,
+                                           progress, is_canceled, log, feedback.setProgressText)
         feedback.pushInfo(f"Wrote {result.path}: {result.width} × {result.height} pixels, "
                           f"{result.band_count} bands.")
         self._dest = dest
-        return dict(plan_outputs(plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
+        return dict(plan_outputs(planner.plan), OUTPUT=dest, WIDTH=result.width, HEIGHT=result.height,
                     BANDS=result.band_count, TILES=result.tiles)

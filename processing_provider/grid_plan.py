@@ -1,7 +1,15 @@
-"""The plan every grid algorithm logs before loading the model, and its DRY_RUN option and outputs."""
-from qgis.core import QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterBoolean
+"""The plan every grid algorithm logs before loading the model, its DRY_RUN option and outputs, and the
+parameters that follow the model's in every grid algorithm."""
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+)
 
+from . import cluster
 from . import params as P
+from ..thor_qgis.errors import ThorInputError
 
 DRY_RUN = "DRY_RUN"
 PLAN_OUTPUTS = (("OUTPUT_BYTES", "Output size before compression (bytes)"),
@@ -20,6 +28,18 @@ def add_plan_outputs(alg, tr) -> None:
     alg.addOutput(QgsProcessingOutputString("PLAN", tr("Plan")))
     for key, label in PLAN_OUTPUTS:
         alg.addOutput(QgsProcessingOutputNumber(key, tr(label)))
+
+
+def add_model_and_grid_params(alg, tr, output: str) -> None:
+    """The model parameters and, after them, what every grid algorithm adds: where the model runs (Dask),
+    the grid's outputs and context margin, DRY_RUN, the grid destination ``output`` and the plan outputs."""
+    P.add_model_params(alg, tr)
+    cluster.add_dask_param(alg, tr)  # with the model: where it runs
+    P.add_grid_output_params(alg, tr)
+    P.add_context_margin_param(alg, tr)
+    add_dry_run_param(alg, tr)
+    P.add_grid_destination(alg, tr, output)
+    add_plan_outputs(alg, tr)
 
 
 def is_dry_run(alg, parameters, context) -> bool:
@@ -52,3 +72,42 @@ def plan_outputs(grid_plan) -> dict:
     return {"WIDTH": grid_plan.width, "HEIGHT": grid_plan.height, "BANDS": grid_plan.channels,
             "TILES": grid_plan.tiles, "PLAN": "\n".join(grid_plan.lines()), "OUTPUT_BYTES": grid_plan.output_bytes,
             "ESTIMATED_SECONDS": grid_plan.estimated_seconds, "EE_REQUESTS": grid_plan.ee_requests or 0}
+
+
+class GridPlanner:
+    """A grid run's tile layout and plan, made before anything is loaded from the token grid the
+    specification gives, and made again when the loaded model has a token grid of its own.
+
+    ``layout_for(grid_side)`` lays the tiles out; ``check(layout, hint)`` refuses a layout past the limits
+    (ThorInputError or QgsProcessingException, ``hint`` said with a real run's refusal)."""
+
+    def __init__(self, layout_for, check, model, group_merge: str, scale_m: float, earth_engine: bool = False,
+                 hint: str = ""):
+        self._layout_for, self._check, self._hint = layout_for, check, hint
+        self._model, self._group_merge, self._scale_m, self._earth_engine = model, group_merge, scale_m, earth_engine
+        self.layout, self.plan = self._plan_for(model.grid_side(scale_m))
+
+    def _plan_for(self, grid_side: int):
+        layout = self._layout_for(grid_side)
+        return layout, make_plan(layout, self._model, self._group_merge, self._scale_m,
+                                 earth_engine=self._earth_engine)
+
+    def start(self, alg, parameters, context, feedback, dry_run_note: str):
+        """Log the plan. On a dry run, say whether a real run would stop and return the plan's outputs;
+        otherwise refuse a layout past the limits and return None."""
+        log_plan(feedback, self.plan)
+        if is_dry_run(alg, parameters, context):
+            try:
+                self._check(self.layout, "")
+            except (ThorInputError, QgsProcessingException) as e:
+                feedback.reportError(f"A real run would stop here: {e}", fatalError=False)
+            feedback.pushInfo(dry_run_note)
+            return plan_outputs(self.plan)
+        self._check(self.layout, self._hint)
+        return None
+
+    def relayout(self, grid_side: int):
+        """The layout for the loaded model's own token grid (the backend's wins), and its plan."""
+        if grid_side != self.layout.grid_side:
+            self.layout, self.plan = self._plan_for(grid_side)
+        return self.layout
