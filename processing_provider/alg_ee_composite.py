@@ -17,9 +17,7 @@ EXTENT = "EXTENT"
 OUTPUT = "OUTPUT"
 
 
-
-
-class EECompositeAlgorithm(ThorAlgorithm):
+class EECompositeAlgorithm(E.ReadsArea, ThorAlgorithm):
     NAME = "ee_composite"
     DISPLAY = "Sentinel-2 composite from Earth Engine"
     STYLE = style_true_colour
@@ -40,20 +38,11 @@ class EECompositeAlgorithm(ThorAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterExtent(EXTENT, self.tr("Extent")))
-        P.add_temporal_params(self, self.tr)
-        P.add_sensor_params(self, self.tr)
-        P.add_fetch_workers_param(self, self.tr)
-        E.add_ee_params(self, self.tr)
+        E.add_imagery_params(self, self.tr)
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.tr("Sentinel-2 composite")))
         for key, label in (("WIDTH", "Width (pixels)"), ("HEIGHT", "Height (pixels)"), ("BANDS", "Bands")):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
         self.addOutput(QgsProcessingOutputString("CRS", self.tr("CRS of the output")))
-
-    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (main thread)
-        super().prepareAlgorithm(parameters, context, feedback)
-        self._api_url = E.configured_api_url()
-        self._area = E.Deferred(lambda: self._read_area(parameters, context))
-        return True
 
     def _read_area(self, parameters, context):
         from qgis.core import QgsProcessingException
@@ -66,9 +55,7 @@ class EECompositeAlgorithm(ThorAlgorithm):
     def execute(self, parameters, context, feedback):
         from ..thor_qgis import ee_fetch, ee_session
 
-        if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
-            self.prepareAlgorithm(parameters, context, feedback)
-        area = self._area.get()
+        area = self.area(parameters, context, feedback)
         sensor = P.sensor_spec(self, parameters, context, earth_engine=True)
         temporal = P.temporal_spec(self, parameters, context)
         workers = ee_fetch.clamp_workers(self.parameterAsInt(parameters, P.FETCH_WORKERS, context))

@@ -25,7 +25,7 @@ def snap_to_grid(value: float, step: float) -> float:
     return round(value / step) * step
 
 
-class EEGridAlgorithm(ThorAlgorithm):
+class EEGridAlgorithm(E.ReadsArea, ThorAlgorithm):
     NAME = "ee_grid"
     DISPLAY = "THOR grid from Earth Engine"
     STYLE = style_rgb_stretch
@@ -63,10 +63,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         self.addParameter(QgsProcessingParameterPoint(POINT, self.tr("Point (instead of an extent)"),
                                                       optional=True))
         add_buffer_param(self, self.tr)
-        P.add_temporal_params(self, self.tr)
-        P.add_sensor_params(self, self.tr)
-        P.add_fetch_workers_param(self, self.tr)
-        E.add_ee_params(self, self.tr)
+        E.add_imagery_params(self, self.tr)
         add_model_and_grid_params(self, self.tr, OUTPUT)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
@@ -79,12 +76,6 @@ class EEGridAlgorithm(ThorAlgorithm):
             return False, self.tr(("Both an extent and a point were given. " if has_extent
                                    else "Neither an extent nor a point was given. ") + AREA_HELP)
         return super().checkParameterValues(parameters, context)
-
-    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (main thread)
-        super().prepareAlgorithm(parameters, context, feedback)
-        self._api_url = E.configured_api_url()
-        self._area = E.Deferred(lambda: self._read_area(parameters, context))
-        return True
 
     def _read_area(self, parameters, context):
         extent = E.read_extent(self, parameters, EXTENT, context)
@@ -99,9 +90,7 @@ class EEGridAlgorithm(ThorAlgorithm):
         from ..thor_qgis import ee_fetch, ee_session, pipeline
         from ..thor_qgis.tiling import global_layout
 
-        if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
-            self.prepareAlgorithm(parameters, context, feedback)
-        area = self._area.get()
+        area = self.area(parameters, context, feedback)
         model, output, sensor = resolve_common(self, parameters, context, grid=True, earth_engine=True)
         temporal = P.temporal_spec(self, parameters, context)
         workers = ee_fetch.clamp_workers(self.parameterAsInt(parameters, P.FETCH_WORKERS, context))

@@ -139,10 +139,7 @@ class EEPooledAlgorithm(ThorAlgorithm):
             FEATURES, self.tr("Features (points or polygons)"),
             SOURCE_VECTOR_ANY_GEOMETRY))
         add_buffer_param(self, self.tr)
-        P.add_temporal_params(self, self.tr)
-        P.add_sensor_params(self, self.tr)
-        P.add_fetch_workers_param(self, self.tr)
-        E.add_ee_params(self, self.tr)
+        E.add_imagery_params(self, self.tr)
         P.add_model_params(self, self.tr)
         P.add_pooling_param(self, self.tr)
         self.addParameter(QgsProcessingParameterFeatureSink(OUTPUT, self.tr("Pooled THOR embeddings")))

@@ -51,6 +51,15 @@ def configured_api_url() -> Optional[str]:
     return settings.text(settings.EE_API_URL, ENV_API_URL) or None
 
 
+def add_imagery_params(alg, tr) -> None:
+    """What every ``thor:ee_*`` algorithm asks about its imagery: the dates, the sensor, the parallel requests
+    and the Earth Engine parameters."""
+    P.add_temporal_params(alg, tr)
+    P.add_sensor_params(alg, tr)
+    P.add_fetch_workers_param(alg, tr)
+    add_ee_params(alg, tr)
+
+
 def add_ee_params(alg, tr) -> None:
     p = QgsProcessingParameterString(PROJECT, tr("Earth Engine project"),
                                      defaultValue=default_project(), optional=True)
@@ -344,3 +353,20 @@ class Deferred:
         if self.error is not None:
             raise QgsProcessingException(self.error)
         return self.value
+
+
+class ReadsArea:
+    """Mixed into an Earth Engine algorithm that reads an area with ``self._read_area(parameters, context)``:
+    the endpoint setting and the area are read in ``prepareAlgorithm`` (main thread), the area's error is
+    raised by ``area()`` in the run."""
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (main thread)
+        super().prepareAlgorithm(parameters, context, feedback)
+        self._api_url = configured_api_url()
+        self._area = Deferred(lambda: self._read_area(parameters, context))
+        return True
+
+    def area(self, parameters, context, feedback) -> AreaInput:
+        if not hasattr(self, "_area"):  # processAlgorithm called without prepareAlgorithm
+            self.prepareAlgorithm(parameters, context, feedback)
+        return self._area.get()
