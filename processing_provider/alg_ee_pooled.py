@@ -17,7 +17,7 @@ from .alg_raster_pooled import OUTPUT, add_buffer_param, buffer_m, write_pooled_
 from .base import GROUP_EE, ThorAlgorithm
 from .compat import SOURCE_VECTOR_ANY_GEOMETRY, WKT_PREFERRED_GDAL
 from .engine_run import resolve_common
-from .features import feature_square, to_crs
+from .features import feature_square, status_for, to_crs
 
 FEATURES = "FEATURES"
 
@@ -50,14 +50,9 @@ def working_crs(source, context, feedback) -> str:
     return f"EPSG:{utm_epsg(lon, lat)}"
 
 
-
 def ee_status(valid_fraction: float) -> str:
     """The thor_status of a feature whose imagery came from Earth Engine."""
-    if valid_fraction <= 0:
-        return "no imagery: no scene matches the dates and cloud threshold here"
-    if valid_fraction < 1:
-        return f"partial: {100 * (1 - valid_fraction):.0f}% of the square has no imagery (filled)"
-    return "ok"
+    return status_for(valid_fraction, "no imagery: no scene matches the dates and cloud threshold here")
 
 
 class PatchReader:

@@ -59,9 +59,10 @@ def feature_square(feature: QgsFeature, transform: QgsCoordinateTransform,
     return bounding_square((bb.xMinimum(), bb.yMinimum(), bb.xMaximum(), bb.yMaximum())), ""
 
 
-def status_for(valid_fraction: float) -> str:
+def status_for(valid_fraction: float, no_imagery: str = "outside raster: no imagery under this feature") -> str:
+    """The thor_status of a feature from the valid fraction of its square (``no_imagery`` when none is)."""
     if valid_fraction <= 0:
-        return "outside raster: no imagery under this feature"
+        return no_imagery
     if valid_fraction < 1:
         return f"partial: {100 * (1 - valid_fraction):.0f}% of the square has no imagery (filled)"
     return "ok"
