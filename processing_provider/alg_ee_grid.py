@@ -115,8 +115,9 @@ class EEGridAlgorithm(E.ReadsArea, ThorAlgorithm):
             E.check_request_count(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m")
 
         # the plan, before anything is opened or loaded (the specification gives the token grid)
-        planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m, earth_engine=True)
-        dry_run = planner.start(self, parameters, context, feedback,
+        planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m, feedback,
+                              earth_engine=True)
+        dry_run = planner.start(self, parameters, context,
                                 "Dry run: no session was opened, nothing was loaded, fetched or written.")
         if dry_run is not None:
             return dry_run

@@ -151,9 +151,9 @@ class RasterGridAlgorithm(ThorAlgorithm):
             P.check_grid_size(layout, model, output, sensor.scale_m, hint=hint)
 
         # the plan, before the model is loaded (the specification gives the token grid)
-        planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m,
+        planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m, feedback,
                               hint="Check the extent and its CRS. ")
-        dry_run = planner.start(self, parameters, context, feedback, "Dry run: nothing was loaded, read or written.")
+        dry_run = planner.start(self, parameters, context, "Dry run: nothing was loaded, read or written.")
         if dry_run is not None:
             return dry_run
         dest = self.parameterAsOutputLayer(parameters, OUTPUT, context)

@@ -79,11 +79,12 @@ class GridPlanner:
     specification gives, and made again when the loaded model has a token grid of its own.
 
     ``layout_for(grid_side)`` lays the tiles out; ``check(layout, hint)`` refuses a layout past the limits
-    (ThorInputError or QgsProcessingException, ``hint`` said with a real run's refusal)."""
+    (ThorInputError or QgsProcessingException, ``hint`` said with a real run's refusal). Every layout a run
+    uses goes through it, the planned one and the one made again for the model's own token grid."""
 
-    def __init__(self, layout_for, check, model, group_merge: str, scale_m: float, earth_engine: bool = False,
-                 hint: str = ""):
-        self._layout_for, self._check, self._hint = layout_for, check, hint
+    def __init__(self, layout_for, check, model, group_merge: str, scale_m: float, feedback,
+                 earth_engine: bool = False, hint: str = ""):
+        self._layout_for, self._check, self._hint, self._feedback = layout_for, check, hint, feedback
         self._model, self._group_merge, self._scale_m, self._earth_engine = model, group_merge, scale_m, earth_engine
         self.layout, self.plan = self._plan_for(model.grid_side(scale_m))
 
@@ -92,9 +93,10 @@ class GridPlanner:
         return layout, make_plan(layout, self._model, self._group_merge, self._scale_m,
                                  earth_engine=self._earth_engine)
 
-    def start(self, alg, parameters, context, feedback, dry_run_note: str):
+    def start(self, alg, parameters, context, dry_run_note: str):
         """Log the plan. On a dry run, say whether a real run would stop and return the plan's outputs;
         otherwise refuse a layout past the limits and return None."""
+        feedback = self._feedback
         log_plan(feedback, self.plan)
         if is_dry_run(alg, parameters, context):
             try:
@@ -107,7 +109,13 @@ class GridPlanner:
         return None
 
     def relayout(self, grid_side: int):
-        """The layout for the loaded model's own token grid (the backend's wins), and its plan."""
+        """The layout for the loaded model's own token grid (the backend's wins), and its plan, refused past
+        the limits like the planned one: before anything is written."""
         if grid_side != self.layout.grid_side:
-            self.layout, self.plan = self._plan_for(grid_side)
+            layout, plan = self._plan_for(grid_side)
+            self._feedback.pushInfo(f"The model's token grid is {grid_side} tokens a side, not the "
+                                    f"{self.layout.grid_side} planned: the tiles are laid out again.")
+            log_plan(self._feedback, plan)
+            self._check(layout, self._hint)
+            self.layout, self.plan = layout, plan
         return self.layout

@@ -126,6 +126,37 @@ def test_the_tile_limit_can_be_raised_or_lowered(plugin, sample_raster, tmp_path
         "grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "OUTPUT": str(tmp_path / "p.tif")})
 
 
+def test_tiles_laid_out_again_for_the_models_own_token_grid_meet_the_tile_limit(plugin, sample_raster, tmp_path,
+                                                                                 monkeypatch):
+    """The plan comes from the parameters' token grid; when the loaded model has another one (a backend's
+    own), the tiles are laid out again, and that layout is refused past the limits as the planned one is,
+    before anything is written. No backend installed here has a token grid of its own (the builtin one
+    takes the parameters'), so the model opened is thor_v1_tiny at patch size 16 where 8 was asked for: a
+    real model whose grid (18 a side) is not the planned one (36)."""
+    import dataclasses
+    import importlib
+
+    from tests.conftest import PLUGIN_NAME
+
+    alg = importlib.import_module(PLUGIN_NAME + ".processing_provider.alg_raster_grid")
+    opened = alg.open_embedder
+
+    def own_token_grid(model, scale_m, feedback):
+        return opened(dataclasses.replace(model, patch_size=16), scale_m, feedback)
+
+    monkeypatch.setattr(alg, "open_embedder", own_token_grid)
+    params = {"INPUT": str(sample_raster), **RANDOM_TINY, "PATCH_SIZE": 8, "OUTPUT": str(tmp_path / "out.tif")}
+    assert run("grid_from_raster", dict(params, DRY_RUN=True))["TILES"] == 12  # blended tiles, 36 a side
+    monkeypatch.setenv("THOR_MAX_TILES", "12")
+    fb = LogFeedback()
+    msg = refused("grid_from_raster", params, fb)
+    assert "needs 20 tiles of 2880 m" in msg and "limit of 12" in msg and "THOR_MAX_TILES" in msg
+    assert "laid out again" in fb.text and no_outputs(tmp_path) == []
+    monkeypatch.setenv("THOR_MAX_TILES", "20")
+    out = run("grid_from_raster", params)
+    assert out["TILES"] == 20 and out["WIDTH"] == 36 and gdal.Open(out["OUTPUT"]).RasterXSize == 36
+
+
 # --- 3. NaN taken for data -------------------------------------------------------------------------------
 
 def test_nan_fill_value_leaves_the_padding_past_the_edge_as_nodata(plugin, tmp_path):
