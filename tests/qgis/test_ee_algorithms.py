@@ -245,11 +245,15 @@ def test_grid_needs_an_extent_or_a_point(fake, tmp_path, extra, words):
 
 
 class _TextFeedback(QgsProcessingFeedback):
-    """Records the progress text with the time it was set."""
+    """Records the progress text with the time it was set, the errors and the log."""
 
     def __init__(self):
         super().__init__()
-        self.texts, self.errors = [], []
+        self.texts, self.errors, self.infos = [], [], []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+        super().pushInfo(info)
 
     def setProgressText(self, text):  # noqa: N802
         self.texts.append((text, time.monotonic()))
@@ -301,6 +305,35 @@ def test_dry_run_of_a_country_reports_the_request_limit(fake, tiny, tmp_path):
     assert plan["ESTIMATED_SECONDS"] == pytest.approx(plan["TILES"] * 0.047)  # thor_v1_tiny's stored figure
     assert fake.count() == 0 and not list((tmp_path / "out").glob("*"))  # (QGIS may make the folder)
     assert any("A real run would stop here" in e and "THOR_EE_MAX_REQUESTS" in e for e in feedback.errors)
+
+
+def test_tiles_laid_out_again_for_the_models_own_token_grid_meet_the_request_limit(fake, tiny, tmp_path,
+                                                                                    monkeypatch):
+    """As for grid_from_raster (test_hardening): the layout made again for a model whose token grid is not
+    the planned one (tiny at patch size 16, 18 a side, where 8 was asked for: 36) is refused past the
+    request limit before any imagery is fetched or anything written."""
+    import dataclasses
+
+    alg = importlib.import_module(PLUGIN_NAME + ".processing_provider.alg_ee_grid")
+    opened = alg.open_embedder
+
+    def own_token_grid(model, scale_m, feedback):
+        return opened(dataclasses.replace(model, patch_size=16), scale_m, feedback)
+
+    monkeypatch.setattr(alg, "open_embedder", own_token_grid)
+    (tmp_path / "out").mkdir()
+    params = {"EXTENT": "500000,505000,3995000,4000000 [EPSG:32633]", **tiny, "PROJECT": DEFAULT_PROJECT,
+              "OUTPUT": str(tmp_path / "out" / "grid.tif")}
+    planned = run("ee_grid", {**params, "PATCH_SIZE": 8, "DRY_RUN": True})["EE_REQUESTS"]
+    needed = run("ee_grid", {**params, "DRY_RUN": True})["EE_REQUESTS"]  # patch size 16 as planned
+    assert needed > planned
+    monkeypatch.setenv("THOR_EE_MAX_REQUESTS", str(planned))
+    feedback = _TextFeedback()
+    with pytest.raises(QgsProcessingException) as e:
+        run("ee_grid", {**params, "PATCH_SIZE": 8}, feedback)
+    assert f"{needed:,} Earth Engine requests" in str(e.value) and f"limit of {planned:,}" in str(e.value)
+    assert "THOR_EE_MAX_REQUESTS" in str(e.value) and any("laid out again" in line for line in feedback.infos)
+    assert fake.count() == 0 and list((tmp_path / "out").iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------
