@@ -4,6 +4,8 @@ Defaults are the reference adapter's; the ``RS_EMBED_THOR_*`` environment variab
 (read when the algorithm is defined, which is cheap: no torch, no network). Explicit values win.
 """
 import re
+import threading
+from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
@@ -430,6 +432,48 @@ def raster_file_problem(value, context) -> Optional[str]:
         return f"the file {path} cannot be read ({e.strerror or e})"
     if size == 0:
         return f"the file {path} is empty (0 bytes)"
+    real = os.path.realpath(path)
+    with _INSPECTED_LOCK:
+        seen = _INSPECTED.get(real)
+    if seen is not None and _identities(seen[0]) == seen[1]:
+        return seen[2]
+    identity = _identities((real,))
+    problem, files = _inspect_raster(path)
+    if problem is None:  # a refusal is not kept: the user may mend the file, or add a missing sidecar
+        files = tuple(dict.fromkeys((real, *(os.path.realpath(f) for f in files))))
+        with _INSPECTED_LOCK:
+            _INSPECTED[real] = (files, identity + _identities(files[1:]), problem)
+            _INSPECTED.move_to_end(real)
+            while len(_INSPECTED) > _INSPECTED_MAX:
+                _INSPECTED.popitem(last=False)
+    return problem
+
+
+# Raster files GDAL read without a fault: Processing checks the parameters of a run more than once (the dialog, then
+# the run; our own checks call check_values twice), and a check of an unchanged file need not open it again.
+# By the file's real path: (the files GDAL read for it, their identities then, the answer). A file replaced,
+# rewritten or touched since (its own or a sidecar's size, mtime, ctime or inode differ) is inspected afresh.
+_INSPECTED: "OrderedDict[str, Tuple[Tuple[str, ...], tuple, Optional[str]]]" = OrderedDict()
+_INSPECTED_MAX = 32
+_INSPECTED_LOCK = threading.Lock()
+
+
+def _identities(files) -> tuple:
+    import os
+
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _inspect_raster(path: str) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """What GDAL finds wrong with the raster file at ``path`` (it opens the file), or None; and the files
+    GDAL read for it (sidecars included)."""
     from ..thor_qgis.gdal_io import gdal
 
     g = gdal()
@@ -446,10 +490,11 @@ def raster_file_problem(value, context) -> Optional[str]:
         except RuntimeError:
             pass
         if vector is not None:
-            return f"the file {path} is a vector dataset ({vector.GetDriver().ShortName}), not a raster"
+            return f"the file {path} is a vector dataset ({vector.GetDriver().ShortName}), not a raster", ()
         detail = f" (GDAL: {failure})" if failure else ""
         return (f"the file {path} is not a raster GDAL can read: not a known raster format, or damaged"
-                f"{detail}")
+                f"{detail}"), ()
+    files = tuple(f for f in (ds.GetFileList() or ()) if not f.startswith("/vsi"))
     if ds.RasterCount == 0:
-        return f"the file {path} holds no raster band"
-    return None
+        return f"the file {path} holds no raster band", files
+    return None, files
