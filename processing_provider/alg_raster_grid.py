@@ -32,11 +32,12 @@ def add_raster_input_params(alg, tr, layer_param: str = INPUT, label: str = "Sen
                   "raster's own order (a 10-band stack). For a 12-band L2A stack (B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 "
                   "B11 B12) use 2,3,4,5,6,7,8,9,11,12; for a 13-band L1C stack 2,3,4,5,6,7,8,9,12,13."))
     alg.addParameter(p)
-    alg.addParameter(P._help(QgsProcessingParameterNumber(
-        DN_OFFSET, tr("Offset added to the pixel values"), NUMBER_DOUBLE, defaultValue=0.0),
+    alg.addParameter(P._help(QgsProcessingParameterNumber(  # optional, no default: "not set" differs from 0
+        DN_OFFSET, tr("Offset added to the pixel values"), NUMBER_DOUBLE, optional=True),
         tr("Sentinel-2 L2A products of processing baseline 04.00 or later (since January 2022) store "
-           "reflectance × 10000 + 1000: use −1000 for them. Not needed for a Sentinel-2 product given as "
-           "such: its offset is read from its metadata.")))
+           "reflectance × 10000 + 1000: use −1000 for them. Not set: the offset the raster's metadata states "
+           "(BOA_ADD_OFFSET), else none. A value, 0 included, wins over the metadata. Not needed for a "
+           "Sentinel-2 product given as such: its offset is read from its metadata.")))
 
 
 def raster_source_for(alg, parameters, context, log, scale_m: float, fill_value: float, layer_param: str = INPUT):
@@ -55,7 +56,7 @@ def raster_source_for(alg, parameters, context, log, scale_m: float, fill_value:
     refuse_non_imagery(layer)
     band_map = parse_band_map(alg.parameterAsString(parameters, BAND_MAP, context))
     source = RasterSource(layer.source(), band_map=band_map,
-                          dn_offset=alg.parameterAsDouble(parameters, DN_OFFSET, context),
+                          dn_offset=P.optional_number(alg, parameters, DN_OFFSET, context),
                           scale_m=scale_m, fill_value=fill_value, log=log)
     return layer, source
 

@@ -276,6 +276,16 @@ def _enum_value(alg, parameters, name, context) -> str:
     return alg.parameterAsEnumString(parameters, name, context)
 
 
+def optional_number(alg, parameters, name, context) -> Optional[float]:
+    """An optional number parameter without a default: None when it is not set (absent, None, NULL or empty
+    text), else its value, 0 included."""
+    raw = parameters.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()) or (
+            hasattr(raw, "isNull") and not hasattr(raw, "isActive") and raw.isNull()):
+        return None
+    return alg.parameterAsDouble(parameters, name, context)
+
+
 def model_spec(alg, parameters, context) -> specs.ModelSpec:
     checkpoint = alg.parameterAsFile(parameters, CHECKPOINT, context) or None
     pretrained = alg.parameterAsBool(parameters, PRETRAINED, context)

@@ -96,8 +96,8 @@ def _report_ignored(alg, parameters, context, log) -> None:
 def _report_offset_difference(alg, parameters, context, log, source) -> None:
     if alg.parameterDefinition(DN_OFFSET) is None:
         return
-    typed = alg.parameterAsDouble(parameters, DN_OFFSET, context)
-    if typed == 0.0:
+    typed = P.optional_number(alg, parameters, DN_OFFSET, context)
+    if typed is None:
         return
     offsets = set(source.offsets.values())
     if offsets == {typed}:

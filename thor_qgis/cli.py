@@ -54,8 +54,9 @@ def parser() -> argparse.ArgumentParser:
                                                                  "(default half a tile)")
     ras = g.add_argument_group("raster")
     ras.add_argument("--band-map", default="", help="10 band numbers for B2 B3 B4 B5 B6 B7 B8 B8A B11 B12")
-    ras.add_argument("--dn-offset", type=float, default=0.0, help="added to the pixel values (-1000 for L2A "
-                                                                  "products of baseline 04.00 and later)")
+    ras.add_argument("--dn-offset", type=float, default=None,
+                     help="added to the pixel values (-1000 for L2A products of baseline 04.00 and later); "
+                          "default: the offset the raster's metadata states (BOA_ADD_OFFSET), else 0")
     ee = g.add_argument_group("Earth Engine")
     ee.add_argument("--start", default="2024-06-01")
     ee.add_argument("--end", default="2024-09-01", help="end date, excluded")

@@ -111,13 +111,15 @@ def lonlat_of(x: float, y: float, crs: str) -> Tuple[float, float]:
 class RasterSource:
     """Windows of THOR's ten bands from a local raster, on a ``scale_m`` metric grid."""
 
-    def __init__(self, path: str, band_map: Optional[Sequence[int]] = None, dn_offset: float = 0.0,
+    def __init__(self, path: str, band_map: Optional[Sequence[int]] = None, dn_offset: Optional[float] = None,
                  scale_m: float = 10.0, fill_value: float = 0.0,
                  log: Optional[Callable[[str], None]] = None):
         self.path = str(path)
         self.scale_m = float(scale_m)
         self.fill_value = float(fill_value)
-        self.dn_offset = float(dn_offset)
+        # None: the offset the raster's metadata states, else 0; a number (0 included) is used as it is
+        self._offset_given = dn_offset is not None
+        self.dn_offset = float(dn_offset) if self._offset_given else 0.0
         if not math.isfinite(self.dn_offset) or not math.isfinite(self.fill_value) and not math.isnan(
                 self.fill_value):
             raise ThorInputError(f"the offset added to the pixel values must be a finite number, got {dn_offset!r}"
@@ -157,16 +159,23 @@ class RasterSource:
 
     def _check_offset(self, src) -> None:
         """Sentinel-2 L2A of processing baseline 04.00 or later stores reflectance x 10000 + 1000. With no
-        offset given, one the raster's metadata states (BOA_ADD_OFFSET) is used; otherwise a raster whose
-        valid values are all >= 1000 in every band gets a warning naming the fix."""
+        offset given, one the raster's metadata states (BOA_ADD_OFFSET) is used; an offset given (0 included)
+        wins over the metadata, which is then only mentioned. With none given or 0, a raster whose valid values
+        are all >= 1000 in every band and no offset in its metadata gets a warning naming the fix."""
         if self.dn_offset != 0:
             return
         found = metadata_offset(src, self.band_map)
         if found is not None:
             value, where = found
+            if self._offset_given:
+                if value != 0:
+                    self._log(f"The raster's metadata states the offset {value:g} ({where}); it is not applied: "
+                              "the offset parameter is 0. Leave the parameter empty to use the metadata's.")
+                return
             self.dn_offset = value
             self._log(f"Using the offset {value:g} stated in the raster's metadata ({where}), as for Sentinel-2 "
-                      "L2A of processing baseline 04.00 or later; set the offset parameter to override it.")
+                      "L2A of processing baseline 04.00 or later; set the offset parameter to override it (0: "
+                      "no offset).")
             return
         minima = band_minima(src, self.band_map)
         if minima and all(m is not None and m >= 1000 for m in minima):

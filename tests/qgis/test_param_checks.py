@@ -1,13 +1,26 @@
-"""Parameter checks through real QGIS: a run's checks open its input raster once however often Processing
-asks (the dialog, the run, our own second call), and a file changed between checks is checked again."""
+"""Parameters through real QGIS: a run's checks open its input raster once however often Processing asks
+(the dialog, the run, our own second call), and a file changed between checks is checked again; the offset
+parameter not set (the raster metadata's offset) differs from an explicit 0 (no offset)."""
+import json
 import os
 
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import QgsApplication, QgsProcessingContext
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingModelAlgorithm,
+    QgsProcessingModelChildAlgorithm,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingModelOutput,
+    QgsProcessingModelParameter,
+    QgsProcessingParameterRasterLayer,
+)
 
-from tests.helpers import write_raster
+from tests.conftest import run_qgis_process
+from tests.helpers import model_output_parameter, write_raster
 
 RANDOM_TINY = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}
 GT = (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0)
@@ -81,3 +94,102 @@ def test_a_file_changed_between_checks_is_checked_again(plugin, small_raster, tm
     before = opens.count
     assert _check(params)[0] and opens.count == before + 1
     assert _check(params)[0] and opens.count == before + 1  # unchanged again: not reopened
+
+
+# --- DN_OFFSET: not set (the metadata's offset, else none) differs from an explicit 0 ------------------------
+
+class LogFeedback(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.lines.append(info)
+        super().pushInfo(info)
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+
+def _grid(path):
+    arr = gdal.Open(str(path)).ReadAsArray()
+    record = json.loads(gdal.Open(str(path)).GetMetadataItem("THOR_CONFIG"))
+    return arr, record["source"]["dn_offset"]
+
+
+@pytest.fixture
+def offset_rasters(small_raster, tmp_path):
+    """(plain, the same + 1000 with BOA_ADD_OFFSET=-1000 in its metadata, the same + 1000 without)."""
+    arr = gdal.Open(small_raster).ReadAsArray()
+    stated = write_raster(tmp_path / "stated.tif", arr + 1000, GT, epsg=32633)
+    ds = gdal.Open(stated, gdal.GA_Update)
+    ds.SetMetadataItem("BOA_ADD_OFFSET", "-1000")
+    ds = None
+    raw = write_raster(tmp_path / "raw.tif", arr + 1000, GT, epsg=32633)
+    return small_raster, stated, raw
+
+
+def test_an_explicit_offset_of_0_wins_over_the_metadata(plugin, offset_rasters, tmp_path):
+    plain, stated, raw = offset_rasters
+    out = {}
+    for key, src, extra in (("default", stated, {}), ("zero", stated, {"DN_OFFSET": 0}),
+                            ("minus1000", stated, {"DN_OFFSET": -1000.0}),  # as saved scripts and models pass it
+                            ("plain", plain, {}), ("raw", raw, {"DN_OFFSET": None})):  # None: the dialog's "Not set"
+        fb = LogFeedback()
+        run("grid_from_raster", {"INPUT": src, **RANDOM_TINY, **extra, "OUTPUT": str(tmp_path / f"grid_{key}.tif")}, fb)
+        out[key] = _grid(tmp_path / f"grid_{key}.tif") + (fb.text,)
+    assert out["default"][1] == -1000 and "-1000 stated in the raster's metadata" in out["default"][2]
+    np.testing.assert_allclose(out["default"][0], out["plain"][0], atol=1e-4)
+    np.testing.assert_allclose(out["minus1000"][0], out["plain"][0], atol=1e-4)
+    assert out["zero"][1] == 0 and "it is not applied" in out["zero"][2]
+    assert "DN_OFFSET=-1000" not in out["zero"][2]  # the user said 0: no warning about values above 1000
+    np.testing.assert_allclose(out["zero"][0], out["raw"][0], atol=1e-4)
+    assert np.abs(out["zero"][0] - out["default"][0]).max() > 1e-2
+    assert out["raw"][1] == 0 and "DN_OFFSET=-1000" in out["raw"][2]  # no metadata: the warning
+
+
+def test_the_offset_parameter_is_optional_with_no_default(plugin):
+    alg = QgsApplication.processingRegistry().algorithmById("thor:grid_from_raster")
+    d = alg.parameterDefinition("DN_OFFSET")
+    assert d.defaultValue() is None and d.checkValueIsAcceptable(None)  # optional: None is accepted
+
+
+def _offset_model(offset):
+    """A model with one grid_from_raster child, every parameter set as the modeler dialog sets it (its
+    default, DN_OFFSET's None), DN_OFFSET to ``offset`` when given."""
+    model = QgsProcessingModelAlgorithm("offset", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("s2", "Sentinel-2"), QgsProcessingModelParameter("s2"))
+    c = QgsProcessingModelChildAlgorithm("thor:grid_from_raster")
+    c.setChildId("grid")
+    static = QgsProcessingModelChildParameterSource.fromStaticValue
+    for d in c.algorithm().parameterDefinitions():
+        if not d.isDestination():
+            c.addParameterSources(d.name(), [static(d.defaultValue())])
+    c.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("s2")])
+    for key, value in (("MODEL_KEY", "thor_v1_tiny"), ("PRETRAINED", False)):
+        c.addParameterSources(key, [static(value)])
+    if offset is not None:
+        c.addParameterSources("DN_OFFSET", [static(offset)])
+    o = QgsProcessingModelOutput("grid_out", "grid")
+    o.setChildOutputName("OUTPUT")
+    c.setModelOutputs({"grid_out": o})
+    model.addChildAlgorithm(c)
+    return model
+
+
+@pytest.mark.slow
+def test_in_a_model_and_in_qgis_process_0_is_0_and_not_set_is_the_metadata(plugin, offset_rasters, tmp_path):
+    import processing
+
+    _, stated, _ = offset_rasters
+    for offset, expected in ((None, -1000), (0.0, 0)):
+        model = _offset_model(offset)
+        out = str(tmp_path / f"model_{offset}.tif")
+        processing.run(model, {"s2": stated, model_output_parameter(model, "grid", "grid_out"): out})
+        assert _grid(out)[1] == expected, offset
+    out = tmp_path / "qgis_process.tif"  # (not set there is the same code path as processing.run's)
+    r = run_qgis_process("--json", "run", "thor:grid_from_raster", "--", f"INPUT={stated}", "MODEL_KEY=thor_v1_tiny",
+                         "PRETRAINED=false", "DN_OFFSET=0", f"OUTPUT={out}")
+    assert r.returncode == 0, r.stderr
+    assert _grid(out)[1] == 0
