@@ -7,20 +7,14 @@ import os
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import (
-    QgsApplication,
-    QgsProcessingContext,
-    QgsProcessingFeedback,
-    QgsProcessingModelAlgorithm,
-    QgsProcessingModelChildAlgorithm,
-    QgsProcessingModelChildParameterSource,
-    QgsProcessingModelOutput,
-    QgsProcessingModelParameter,
-    QgsProcessingParameterRasterLayer,
-)
+from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingModelAlgorithm,
+                       QgsProcessingModelChildParameterSource, QgsProcessingModelOutput, QgsProcessingModelParameter,
+                       QgsProcessingParameterRasterLayer)
 
 from tests.conftest import run_qgis_process
 from tests.helpers import model_output_parameter, write_raster
+from tests.qgis.test_hardening import LogFeedback
+from tests.qgis.test_toolbox_and_modeler import child
 
 RANDOM_TINY = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}
 GT = (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0)
@@ -98,20 +92,6 @@ def test_a_file_changed_between_checks_is_checked_again(plugin, small_raster, tm
 
 # --- DN_OFFSET: not set (the metadata's offset, else none) differs from an explicit 0 ------------------------
 
-class LogFeedback(QgsProcessingFeedback):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(info)
-        super().pushInfo(info)
-
-    @property
-    def text(self):
-        return "\n".join(self.lines)
-
-
 def _grid(path):
     arr = gdal.Open(str(path)).ReadAsArray()
     record = json.loads(gdal.Open(str(path)).GetMetadataItem("THOR_CONFIG"))
@@ -157,20 +137,13 @@ def test_the_offset_parameter_is_optional_with_no_default(plugin):
 
 def _offset_model(offset):
     """A model with one grid_from_raster child, every parameter set as the modeler dialog sets it (its
-    default, DN_OFFSET's None), DN_OFFSET to ``offset`` when given."""
+    default: DN_OFFSET's is None), DN_OFFSET to ``offset`` when given."""
     model = QgsProcessingModelAlgorithm("offset", "tests")
     model.addModelParameter(QgsProcessingParameterRasterLayer("s2", "Sentinel-2"), QgsProcessingModelParameter("s2"))
-    c = QgsProcessingModelChildAlgorithm("thor:grid_from_raster")
-    c.setChildId("grid")
     static = QgsProcessingModelChildParameterSource.fromStaticValue
-    for d in c.algorithm().parameterDefinitions():
-        if not d.isDestination():
-            c.addParameterSources(d.name(), [static(d.defaultValue())])
-    c.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("s2")])
-    for key, value in (("MODEL_KEY", "thor_v1_tiny"), ("PRETRAINED", False)):
-        c.addParameterSources(key, [static(value)])
-    if offset is not None:
-        c.addParameterSources("DN_OFFSET", [static(offset)])
+    c = child("thor:grid_from_raster", "grid", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("s2"), "MODEL_KEY": static("thor_v1_tiny"),
+        "PRETRAINED": static(False), **({"DN_OFFSET": static(offset)} if offset is not None else {})})
     o = QgsProcessingModelOutput("grid_out", "grid")
     o.setChildOutputName("OUTPUT")
     c.setModelOutputs({"grid_out": o})
