@@ -459,8 +459,8 @@ def raster_file_problem(value, context) -> Optional[str]:
     return problem
 
 
-# Raster files GDAL read without a fault: Processing checks the parameters of a run more than once (the dialog, then
-# the run; our own checks call check_values twice), and a check of an unchanged file need not open it again.
+# Raster files GDAL read without a fault. A run's parameters are checked more than once (our own checks call
+# check_values twice; the dialog, a model or qgis_process may check again): an unchanged file is not reopened.
 # By the file's real path: (the files GDAL read for it, their identities then, the answer). A file replaced,
 # rewritten or touched since (its own or a sidecar's size, mtime, ctime or inode differ) is inspected afresh.
 _INSPECTED: "OrderedDict[str, Tuple[Tuple[str, ...], tuple, Optional[str]]]" = OrderedDict()

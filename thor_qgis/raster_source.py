@@ -170,7 +170,7 @@ class RasterSource:
             if self._offset_given:
                 if value != 0:
                     self._log(f"The raster's metadata states the offset {value:g} ({where}); it is not applied: "
-                              "the offset parameter is 0. Leave the parameter empty to use the metadata's.")
+                              "the offset parameter is 0. Leave the offset not set to use the metadata's.")
                 return
             self.dn_offset = value
             self._log(f"Using the offset {value:g} stated in the raster's metadata ({where}), as for Sentinel-2 "
