@@ -8,9 +8,9 @@ from qgis.core import (
 from . import cluster
 from . import ee_params as E
 from . import params as P
-from .alg_raster_pooled import BUFFER, add_buffer_param, buffer_m
 from .base import GROUP_EE, ThorAlgorithm, callbacks
 from .engine_run import open_embedder, provenance, resolve_common
+from .features import BUFFER, add_buffer_param, buffer_m
 from .grid_plan import GridPlanner, add_model_and_grid_params, plan_outputs
 from .styling import style_rgb_stretch
 

@@ -13,11 +13,11 @@ from qgis.core import (
 
 from . import ee_params as E
 from . import params as P
-from .alg_raster_pooled import OUTPUT, add_buffer_param, buffer_m, write_pooled_features
 from .base import GROUP_EE, ThorAlgorithm
 from .compat import SOURCE_VECTOR_ANY_GEOMETRY, WKT_PREFERRED_GDAL
 from .engine_run import resolve_common
-from .features import feature_square, status_for, to_crs
+from .features import add_buffer_param, buffer_m, feature_square, status_for, to_crs
+from .pooled_output import OUTPUT, write_pooled_features
 
 FEATURES = "FEATURES"
 

@@ -1,4 +1,5 @@
-"""Feature helpers shared by the pooled-embedding algorithms: squares per feature, output fields."""
+"""Feature helpers shared by the pooled-embedding algorithms: squares per feature (and the buffer that sizes
+them), output fields."""
 from typing import Optional, Tuple
 
 from qgis.core import (
@@ -13,10 +14,11 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .compat import FIELD_DOUBLE, FIELD_STRING, GEOMETRY_POINT, NUMBER_INTEGER
-from .params import _advanced, _enum
+from .compat import FIELD_DOUBLE, FIELD_STRING, GEOMETRY_POINT, NUMBER_DOUBLE, NUMBER_INTEGER
+from .params import _advanced, _enum, _help
 from ..thor_qgis.tiling import Bounds, bounding_square, square_around
 
+BUFFER = "BUFFER"
 STATUS_FIELD = "thor_status"
 MODEL_FIELD = "thor_model"
 WEIGHTS_FIELD = "thor_weights"
@@ -238,3 +240,19 @@ def optional_path(alg, parameters, name, context) -> str:
     if parameters.get(name) is None:
         return ""
     return alg.parameterAsFileOutput(parameters, name, context) or ""
+
+
+def add_buffer_param(alg, tr) -> None:
+    alg.addParameter(_help(QgsProcessingParameterNumber(
+        BUFFER, tr("Point squares: half side (m)"),
+        NUMBER_DOUBLE, defaultValue=None, optional=True, minValue=1.0),
+        tr("Points take a square of side 2 × this around them; polygons and lines their bounding square. "
+           "Empty: half a tile (image size × pixel size / 2; 1440 m by default), which reads the imagery with no "
+           "resampling.")))
+
+
+def buffer_m(alg, parameters, context, model, sensor) -> float:
+    value = parameters.get(BUFFER)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return model.ground_cover_m(sensor.scale_m) / 2.0
+    return alg.parameterAsDouble(parameters, BUFFER, context)
