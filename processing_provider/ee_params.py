@@ -307,10 +307,8 @@ def check_request_count(n: int, what: str, **estimate) -> None:
     from ..thor_qgis.errors import ThorError
 
     try:
-        limits.check_tiles(n, what=f"Earth Engine requests ({what})", env_var=limits.ENV_EE_MAX_REQUESTS,
-                           default=limits.DEFAULT_EE_MAX_REQUESTS,
-                           hint="Check the extent: QGIS extents are xmin, xmax, ymin, ymax, in the CRS given in "
-                                "brackets. ", **estimate)
+        limits.check_requests(n, what, hint="Check the extent: QGIS extents are xmin, xmax, ymin, ymax, in the CRS "
+                                            "given in brackets. ", **estimate)
     except ThorError as e:
         raise QgsProcessingException(str(e)) from None
 

@@ -200,10 +200,7 @@ def check_grid_size(layout, model: specs.ModelSpec, output: specs.OutputSpec, sc
     """Before the model loads: refuse a grid run past the tile limit, with its estimate (thor_qgis.limits)."""
     from ..thor_qgis import limits
 
-    width, height = layout.output_size()
-    channels = model.variant.embed_dim * (2 if output.group_merge == "concat" else 1)
-    limits.check_tiles(layout.n_tiles, model=model, scale_m=scale_m, output_pixels=width * height,
-                       channels=channels, what=f"tiles of {layout.tile_size_m:g} m", **kw)
+    limits.check_grid(layout, model, output.group_merge, scale_m, **kw)
 
 
 def add_grid_destination(alg, tr, name: str = "OUTPUT") -> None:

@@ -111,7 +111,7 @@ def _date(text: str) -> dt.date:
 
 
 def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
-    from . import distributed, pipeline
+    from . import distributed, limits, pipeline
     from .raster_source import RasterSource, lonlat_of, parse_band_map, transform_bounds
     from .tiling import global_layout, square_around, utm_epsg
 
@@ -134,6 +134,9 @@ def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
 
         def layout_for(n):
             return source.layout(area, model.image_size, n, margin=args.margin, seams=args.seams)
+
+        def check(layout):
+            limits.check_grid(layout, model, args.group_merge, args.scale, hint="Check --extent and --extent-crs. ")
 
         temporal = None
         source_rec = {"kind": "raster", "path": source.path, "band_map": list(source.band_map),
@@ -168,6 +171,10 @@ def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
         def layout_for(n):
             return global_layout(bounds, utm, args.scale, model.image_size, n, seams=args.seams, margin=args.margin)
 
+        def check(layout):
+            limits.check_requests(layout.n_tiles, f"tiles of {layout.tile_size_m:g} m",
+                                  hint="Check --extent (xmin ymin xmax ymax) and --extent-crs. ")
+
         url = ee_session.resolve_api_url(args.api_url)
         imagery = distributed.EarthEngineImagery(sensor, temporal, project=args.project, api_url=url,
                                                  service_account_key=args.service_account_key,
@@ -175,9 +182,17 @@ def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
         fetch_workers = ee_fetch.clamp_workers(args.fetch_workers)
         source_rec = None
     layout = layout_for(side)
+    check(layout)  # before anything is loaded or fetched
     out.log(f"{layout.n_tiles} tile(s) of {layout.tile_size_m:g} m ({layout.tiles_x} × {layout.tiles_y}), output "
             f"{layout.width} × {layout.height} pixels of {layout.output_pixel_size():g} m"
             + (f", on {sched.describe()}" if sched else ", in this process") + ".")
+
+    def relayout(n):  # the model's own token grid wins; the new layout meets the same limits
+        new = layout_for(n)
+        out.log(f"The model's token grid is {n} tokens a side, not the {layout.grid_side} planned: "
+                f"{new.n_tiles} tile(s) now.")
+        check(new)
+        return new
 
     def record(session=None):
         src = source_rec
@@ -195,7 +210,7 @@ def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
             if ready.model.grid_side() != layout.grid_side:
                 import dataclasses
 
-                work = dataclasses.replace(work, layout=layout_for(ready.model.grid_side()))
+                work = dataclasses.replace(work, layout=relayout(ready.model.grid_side()))
             return run.write_grid(work, ready.model, args.output, metadata=record(ready.session),
                                   progress_text=out.text)
     from .embedder import Embedder
@@ -206,7 +221,7 @@ def run_grid(args: argparse.Namespace, cancel: threading.Event, out: _Reporter):
                                             log=out.log)
     embedder = Embedder(model, scale_m=args.scale, log=out.log)
     if embedder.grid_side() != layout.grid_side:
-        layout = layout_for(embedder.grid_side())
+        layout = relayout(embedder.grid_side())
     if args.raster:
         tiles = source.tiles(layout)
     else:

@@ -181,3 +181,20 @@ def check_tiles(n_tiles: int, *, model: Optional[ModelSpec] = None, scale_m: flo
     raise ThorInputError(
         f"this area needs {n_tiles:,} {what}{est}, more than the limit of {limit:,}. {hint}"
         f"To run it anyway, raise the limit with the environment variable {env_var}.")
+
+
+def check_grid(layout, model: ModelSpec, group_merge: str, scale_m: float = 10.0, hint: str = "",
+               env: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse a grid run from a raster past the tile limit, with its estimate (output size from the layout and
+    the channels the group merge gives)."""
+    width, height = layout.output_size()
+    channels = model.variant.embed_dim * (2 if group_merge == "concat" else 1)
+    check_tiles(layout.n_tiles, model=model, scale_m=scale_m, output_pixels=width * height, channels=channels,
+                what=f"tiles of {layout.tile_size_m:g} m", hint=hint, env=env)
+
+
+def check_requests(n: int, what: str, hint: str = "", env: Optional[Mapping[str, str]] = None, **estimate) -> None:
+    """Refuse a run that would send more than ``$THOR_EE_MAX_REQUESTS`` Earth Engine requests: usually an extent
+    typed in the wrong order or the wrong CRS, which would otherwise run for days."""
+    check_tiles(n, what=f"Earth Engine requests ({what})", env_var=ENV_EE_MAX_REQUESTS,
+                default=DEFAULT_EE_MAX_REQUESTS, hint=hint, env=env, **estimate)
