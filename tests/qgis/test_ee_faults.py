@@ -13,7 +13,7 @@ from qgis.core import QgsProcessingException, QgsSettings
 from tests.conftest import PLUGIN_NAME
 from tests.fake_ee import DEFAULT_PROJECT, ee_env, fake_ee, utm_layout  # noqa: F401
 from tests.helpers import read_raster
-from tests.qgis.test_hardening import LogFeedback
+from tests.qgis.feedback import LogFeedback
 
 ee = pytest.importorskip("ee")
 

@@ -13,37 +13,14 @@ import threading
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsProcessingException
 
 from tests.conftest import QGIS_PROCESS, run_qgis_process
 from tests.helpers import read_raster, write_raster
+from tests.qgis.feedback import LogFeedback
 
 RANDOM_TINY = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}
 GT = (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0)
-
-
-class LogFeedback(QgsProcessingFeedback):
-    """Keeps every line the algorithm reports."""
-
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(info)
-        super().pushInfo(info)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802,N803
-        self.lines.append(error)
-        super().reportError(error, fatalError)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.lines.append(warning)
-        super().pushWarning(warning)
-
-    @property
-    def text(self):
-        return "\n".join(self.lines)
 
 
 def _output_files():

@@ -13,7 +13,7 @@ from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingModelA
 
 from tests.conftest import run_qgis_process
 from tests.helpers import model_output_parameter, write_raster
-from tests.qgis.test_hardening import LogFeedback
+from tests.qgis.feedback import LogFeedback
 from tests.qgis.test_toolbox_and_modeler import child
 
 RANDOM_TINY = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False}

@@ -4,21 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsProcessingException
 
 from tests.helpers import read_raster
+from tests.qgis.feedback import LogFeedback
 
 RANDOM_TINY = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False, "DEVICE": "cpu"}
-
-
-class Feedback(QgsProcessingFeedback):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(info)
-        super().pushInfo(info)
 
 
 def run(alg, params, feedback=None):
@@ -43,7 +34,7 @@ def test_parameter_is_advanced_with_the_choices(plugin):
 def test_bfloat16_grid_recorded_and_close_to_float32(plugin, sample_raster, tmp_path):
     grids = {}
     for precision in ("float32", "bfloat16"):
-        fb = Feedback()
+        fb = LogFeedback()
         out = tmp_path / f"grid_{precision}.tif"
         run("grid_from_raster", {"INPUT": str(sample_raster), **RANDOM_TINY, "PRECISION": precision,
                                  "OUTPUT": str(out)}, fb)

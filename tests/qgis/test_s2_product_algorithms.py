@@ -1,7 +1,6 @@
 """The raster algorithms on Sentinel-2 products (zip, .SAFE folder, a layer dropped on the map) against the
 same pixels given as a stacked GeoTIFF with the offset typed by hand."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from qgis.core import (
     QgsGeometry,
     QgsPointXY,
     QgsProcessingException,
-    QgsProcessingFeedback,
     QgsProcessingModelAlgorithm,
     QgsProcessingModelChildParameterSource,
     QgsProcessingModelParameter,
@@ -22,30 +20,13 @@ from qgis.core import (
 
 from tests.conftest import run_qgis_process
 from tests.helpers import read_raster, write_raster
+from tests.qgis.feedback import LogFeedback
 from tests.s2_safe import make_product
 
 # a tiny model with random weights (seed 0, the same in every run of this process), 96 px tiles: the
 # 240 px product makes 3 x 3 tiles, the last row and column partly outside the product
 MODEL = {"MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False, "IMAGE_SIZE": 96}  # 6 x 6 tokens: the default margin shrinks to fit
 THOR_ORDER = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-
-
-class Log(QgsProcessingFeedback):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(info)
-        super().pushInfo(info)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802,N803
-        self.lines.append(error)
-        super().reportError(error, fatalError)
-
-    @property
-    def text(self):
-        return "\n".join(self.lines)
 
 
 def run(alg, params, feedback=None):
@@ -90,9 +71,9 @@ def grid_of_stack_with_manual_offset(plugin, n0400, tmp_path_factory):
 
 def test_grid_on_the_zip_equals_the_stack_with_manual_offset(plugin, n0400, grid_of_stack_with_manual_offset,
                                                              tmp_path):
-    log = Log()
+    log = LogFeedback()
     out = str(tmp_path / "zip_grid.tif")
-    res = run("grid_from_raster", {"S2_PRODUCT": n0400["zip"], **MODEL, "OUTPUT": out}, feedback=log)
+    run("grid_from_raster", {"S2_PRODUCT": n0400["zip"], **MODEL, "OUTPUT": out}, feedback=log)
     arr, gt, _, ds = read_raster(out)
     # the product's extent on the global 160 m token grid, snapped outwards (its top edge, 5000040, is not on it)
     _, sgt, _, sds = read_raster(n0400["stack"])
@@ -124,7 +105,7 @@ def test_forgetting_the_offset_changes_the_embeddings(plugin, n0400, grid_of_sta
 
 def test_grid_on_the_safe_folder_of_baseline_02_09(plugin, n0209, tmp_path):
     a, b = str(tmp_path / "safe.tif"), str(tmp_path / "stack.tif")
-    log = Log()
+    log = LogFeedback()
     run("grid_from_raster", {"S2_PRODUCT": n0209["safe"], **MODEL, "OUTPUT": a}, feedback=log)
     run("grid_from_raster", {"INPUT": n0209["stack"], **MODEL, "OUTPUT": b})
     np.testing.assert_array_equal(read_raster(a)[0], read_raster(b)[0])
@@ -156,7 +137,7 @@ def test_product_dropped_on_the_map(plugin, n0400, grid_of_stack_with_manual_off
     assert picked, list(layers)
     layer = layers[picked[0]]
     assert layer.isValid()
-    log = Log()
+    log = LogFeedback()
     out = str(tmp_path / "dropped.tif")
     run("grid_from_raster", {"INPUT": layer, "BAND_MAP": "1,2,3,4,5,6,7,8,9,10", "DN_OFFSET": -1000.0, **MODEL,
                              "OUTPUT": out}, feedback=log)
@@ -184,7 +165,7 @@ def test_pooled_on_the_product_equals_the_stack(plugin, n0400, tmp_path):
 
 def test_l1c_runs_with_a_warning(plugin, tmp_path):
     p = make_product(tmp_path, level="L1C", size10=96, zipped=True)
-    log = Log()
+    log = LogFeedback()
     run("grid_from_raster", {"S2_PRODUCT": p["zip"], **MODEL, "OUTPUT": str(tmp_path / "l1c.tif")}, feedback=log)
     assert "pretrained on Level-2A surface reflectance" in log.text
     assert "RADIO_ADD_OFFSET, metadata): -1000" in log.text
