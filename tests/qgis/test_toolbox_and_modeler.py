@@ -37,9 +37,32 @@ def _wait(task, timeout=300):
         QgsApplication.processEvents()
 
 
+_VIEW = []
+
+
+def _give_the_stub_iface_a_layer_tree_view():
+    """QGIS 3.44's result loading hands ``iface.layerTreeView()`` to C++ (QgsProcessingGuiUtils.addResultLayers);
+    the test iface answers unknown methods with a MagicMock, which that refuses. A real view over the project's
+    layer tree, as in the QGIS window."""
+    from processing.gui import Postprocessing
+    from qgis.core import QgsLayerTreeModel
+    from qgis.gui import QgsLayerTreeView
+
+    stub = getattr(Postprocessing, "iface", None)  # QGIS 3.22 does not use it
+    if stub is None or _VIEW and stub.layerTreeView() is _VIEW[0]:
+        return
+    if not _VIEW:
+        view = QgsLayerTreeView()
+        view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+        _VIEW.append(view)
+    stub.layerTreeView = lambda: _VIEW[0]
+
+
 def _run_as_toolbox(params, cancel_after_progress=None, alg_id="thor:grid_from_raster"):
     """Run an algorithm as the toolbox does; returns (ok, results, thread ids, progress)."""
     from processing.gui.Postprocessing import handleAlgorithmResults
+
+    _give_the_stub_iface_a_layer_tree_view()
 
     alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
     project = QgsProject.instance()
