@@ -1010,16 +1010,18 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
 def pip_failure(rc: int, output: Sequence[str], plan: Plan, unreachable_index: Optional[str] = None) -> str:
     """What to tell the user when pip failed: the usual advice, or, when the pinned torch build was not found
     (PyTorch's index not reachable, or no build of it for this Python), what can be done instead."""
-    # pip says it either way: no file at all, or none that meets the build pin in the constraints
-    missing = next((ln for ln in output
-                    if re.search(r"No matching distribution found for torch\b|Cannot install torch\b", ln)), None)
-    if missing is None:
+    # pip says it either way: no file at all, or none that meets the build pin in the constraints (a conflict
+    # whose cause is that pin: "The user requested (constraint) torch...==2.13.0+cpu")
+    missing = any(re.search(r"No matching distribution found for torch\b", ln) for ln in output) or (
+        any(re.search(r"Cannot install torch\b", ln) for ln in output)
+        and any(re.search(r"\(constraint\) torch\b.*==[0-9.]+\+\w+", ln) for ln in output))
+    if not missing:
         return (f"pip failed (exit code {rc}); its output is in the log above. Behind a proxy or a company "
                 "certificate, give the proxy URL or the certificate file and try again.")
     pin = next((c for c in plan.constraints if c.startswith("torch==")), "torch")
     where = (f"PyTorch's index ({_redact_url(unreachable_index)}) could not be reached, and pip's other indexes "
              "do not have it" if unreachable_index else "none of the indexes pip used has it")
-    return (f"no {pin} for Python {sys.version_info[0]}.{sys.version_info[1]} on this system: {where}. Either let "
+    return (f"no {pin} for this Python ({plan.python}) on this system: {where}. Either let "
             "pip reach that index (proxy, certificate) or give a mirror of it as the PyTorch index; or keep a torch "
             "already installed for this Python (--torch system, or \"Keep the torch already installed\" in the "
             "dialog; Debian/Ubuntu: sudo apt install python3-torch).")

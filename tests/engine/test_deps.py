@@ -289,6 +289,7 @@ def test_system_torch_found_and_judged(tmp_path):
     assert deps.check_probe(data, staging, ["ee"], ["torch"]) == ["torch 1.13.1 is older than the 2.1 the plugin needs"]
 
 
+@pytest.mark.slow
 def test_a_torch_build_out_of_reach_is_explained(tmp_path):
     """A real pip run that cannot find the pinned build (the PyTorch index given is not reachable, and pip's
     own indexes have no such build), as on Debian 13 offline: the error says why and what to do instead; nothing
@@ -304,7 +305,7 @@ def test_a_torch_build_out_of_reach_is_explained(tmp_path):
              str(target), python=sys.executable)
     assert r.returncode == 1
     assert f"the torch index http://127.0.0.1:{port}/whl/cu118 cannot be reached" in r.stdout
-    assert "error: no torch==2.13.0+cu118 for Python" in r.stderr
+    assert f"error: no torch==2.13.0+cu118 for this Python ({sys.executable})" in r.stderr
     assert f"PyTorch's index (http://127.0.0.1:{port}/whl/cu118) could not be reached" in r.stderr
     assert "--torch system" in r.stderr and "python3-torch" in r.stderr
     assert not (target / deps.MARKER).exists() and not [p for p in target.iterdir() if p.name.startswith(".")]
@@ -312,8 +313,15 @@ def test_a_torch_build_out_of_reach_is_explained(tmp_path):
     plan = deps.make_plan(str(tmp_path), torch="cpu", driver=None)
     msg = deps.pip_failure(1, ["ERROR: Could not install packages due to an OSError"], plan)
     assert msg.startswith("pip failed (exit code 1)") and "proxy" in msg
+    # a conflict between other packages is not a missing build
+    conflict = ["ERROR: Cannot install torch==2.13.0 and foo==1.0 because these package versions have conflicting "
+                "dependencies.", "    foo 1.0 depends on torch<2"]
+    assert deps.pip_failure(1, conflict, plan).startswith("pip failed (exit code 1)")
+    pinned = conflict[:1] + ["    The user requested (constraint) torch<=2.14.1,==2.13.0+cpu"]
+    assert deps.pip_failure(1, pinned, plan).startswith("no torch==2.13.0+cpu for this Python")
 
 
+@pytest.mark.slow
 def test_system_build_installs_the_rest_for_real(tmp_path):
     """A real installation with the 'system' build, by the venv's Python (its torch is the one to keep): only
     earthengine-api and huggingface_hub go into the folder, and the marker records the torch kept."""

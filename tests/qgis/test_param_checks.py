@@ -123,7 +123,7 @@ def test_an_explicit_offset_of_0_wins_over_the_metadata(plugin, offset_rasters, 
     np.testing.assert_allclose(out["default"][0], out["plain"][0], atol=1e-4)
     np.testing.assert_allclose(out["minus1000"][0], out["plain"][0], atol=1e-4)
     assert out["zero"][1] == 0 and "it is not applied" in out["zero"][2]
-    assert "DN_OFFSET=-1000" not in out["zero"][2]  # the user said 0: no warning about values above 1000
+    assert "DN_OFFSET=-1000" not in out["zero"][2]  # the metadata states an offset: no guess about values above 1000
     np.testing.assert_allclose(out["zero"][0], out["raw"][0], atol=1e-4)
     assert np.abs(out["zero"][0] - out["default"][0]).max() > 1e-2
     assert out["raw"][1] == 0 and "DN_OFFSET=-1000" in out["raw"][2]  # no metadata: the warning

@@ -1,4 +1,5 @@
 """The toolbox path (a QgsProcessingAlgRunnerTask in the task manager) and the graphical modeler."""
+import contextlib
 import inspect
 import json
 import os
@@ -37,32 +38,33 @@ def _wait(task, timeout=300):
         QgsApplication.processEvents()
 
 
-_VIEW = []
-
-
-def _give_the_stub_iface_a_layer_tree_view():
+@contextlib.contextmanager
+def _stub_iface_with_a_layer_tree_view():
     """QGIS 3.44's result loading hands ``iface.layerTreeView()`` to C++ (QgsProcessingGuiUtils.addResultLayers);
     the test iface answers unknown methods with a MagicMock, which that refuses. A real view over the project's
-    layer tree, as in the QGIS window."""
+    layer tree, as in the QGIS window, for the length of one run (deleted before QGIS can shut down)."""
     from processing.gui import Postprocessing
     from qgis.core import QgsLayerTreeModel
     from qgis.gui import QgsLayerTreeView
+    from qgis.PyQt import sip
 
     stub = getattr(Postprocessing, "iface", None)  # QGIS 3.22 does not use it
-    if stub is None or _VIEW and stub.layerTreeView() is _VIEW[0]:
+    if stub is None:
+        yield
         return
-    if not _VIEW:
-        view = QgsLayerTreeView()
-        view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
-        _VIEW.append(view)
-    stub.layerTreeView = lambda: _VIEW[0]
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    stub.layerTreeView = lambda: view
+    try:
+        yield
+    finally:
+        del stub.layerTreeView
+        sip.delete(view)
 
 
 def _run_as_toolbox(params, cancel_after_progress=None, alg_id="thor:grid_from_raster"):
     """Run an algorithm as the toolbox does; returns (ok, results, thread ids, progress)."""
     from processing.gui.Postprocessing import handleAlgorithmResults
-
-    _give_the_stub_iface_a_layer_tree_view()
 
     alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
     project = QgsProject.instance()
@@ -91,8 +93,9 @@ def _run_as_toolbox(params, cancel_after_progress=None, alg_id="thor:grid_from_r
             handleAlgorithmResults(alg, context, feedback, parameters=params, **extra)
 
     task.executed.connect(executed)
-    QgsApplication.taskManager().addTask(task)
-    _wait(task)
+    with _stub_iface_with_a_layer_tree_view():
+        QgsApplication.taskManager().addTask(task)
+        _wait(task)
     return done.get("ok"), done.get("results"), threads, progress
 
 
