@@ -9,6 +9,7 @@ from .grid_plan import GridPlanner, add_model_and_grid_params, plan_outputs
 from .product_input import check_layer_param, input_crs, product_record
 from .raster_input import INPUT, add_raster_input_params, raster_source_for
 from .styling import style_rgb_stretch
+from ..thor_qgis import limits
 
 EXTENT = "EXTENT"
 OUTPUT = "OUTPUT"
@@ -89,7 +90,7 @@ class RasterGridAlgorithm(ThorAlgorithm):
                                  margin=P.fitted_margin(margin, grid_side, model.image_size, seams, feedback))
 
         def check(layout, hint):
-            P.check_grid_size(layout, model, output, sensor.scale_m, hint=hint)
+            limits.check_grid(layout, model, output.group_merge, sensor.scale_m, hint=hint)
 
         # the plan, before the model is loaded (the specification gives the token grid)
         planner = GridPlanner(layout_for, check, model, output.group_merge, sensor.scale_m, feedback,

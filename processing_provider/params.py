@@ -196,13 +196,6 @@ def check_context_margin(alg, parameters, context, model: specs.ModelSpec, scale
         raise QgsProcessingException(str(e)) from None
 
 
-def check_grid_size(layout, model: specs.ModelSpec, output: specs.OutputSpec, scale_m: float, **kw) -> None:
-    """Before the model loads: refuse a grid run past the tile limit, with its estimate (thor_qgis.limits)."""
-    from ..thor_qgis import limits
-
-    limits.check_grid(layout, model, output.group_merge, scale_m, **kw)
-
-
 def add_grid_destination(alg, tr, name: str = "OUTPUT") -> None:
     """The grid GeoTIFF and the numbers every grid algorithm returns with it."""
     from qgis.core import QgsProcessingOutputNumber, QgsProcessingParameterRasterDestination
