@@ -504,6 +504,8 @@ class Plan:
     notes: List[str] = field(default_factory=list)
     # checked to import (and be recent enough) from QGIS's Python as it is, not installed: the system torch
     kept_modules: List[str] = field(default_factory=list)
+    # what system_torch found when the plan was made (auto keeping a working torch); None: found when installing
+    kept_torch: Optional[Dict] = None
     # make_plan's arguments when the build is to be decided by the installation itself (``resolve``): finding
     # the NVIDIA driver and reading PyTorch's index can take many seconds, too long for a dialog to wait on
     deferred: Optional[Dict] = None
@@ -640,7 +642,7 @@ def make_plan(target: Optional[str] = None, torch: str = "auto", index_url: Opti
         if found and "error" not in found:
             plan = _system_torch_plan(target, python, index_url, extra_index_urls, proxy, cert, extras)
             return dataclasses.replace(plan, build_reason=f"{reason}, and torch {found['version']} already works "
-                                                          f"here ({found['file']}): kept")
+                                                          f"here ({found['file']}): kept", kept_torch=found)
     if build in ("cpu",) or build.startswith("cu"):
         pin = f"torch=={tv}+{build}"
         default_index = f"{index_base.rstrip('/')}/{build}"
@@ -940,8 +942,10 @@ def install(plan: Plan, log: Log = lambda s: None, progress: Callable[[float], N
                 "then try again.")
         log(f"pip: {r.stdout.strip()}")
         if "torch" in plan.kept_modules:
-            log(f"checking the torch that {plan.python} already imports…")
-            found = system_torch(plan.python, is_canceled=is_canceled)
+            found = plan.kept_torch
+            if found is None:  # not looked at yet (the build was chosen, not found by auto)
+                log(f"checking the torch that {plan.python} already imports…")
+                found = system_torch(plan.python, is_canceled=is_canceled)
             if "error" in found:
                 raise DepsError(
                     f"the torch already installed is to be kept, but for {plan.python}: {found['error']}. Install "

@@ -105,6 +105,8 @@ def test_cuda_build_chosen_from_the_index_and_the_driver(torch_index, tmp_path):
     assert p.build == "cpu" and "too old" in p.build_reason
     p = plan(torch="auto", driver=("535.0", ["GPU"]), present_torch={"version": "2.6.0", "file": "/usr/lib/t.py"})
     assert p.build == "system" and p.build_reason.startswith("NVIDIA driver 535.0 too old") and "2.6.0" in p.build_reason
+    assert p.kept_torch == {"version": "2.6.0", "file": "/usr/lib/t.py"}  # the installation does not look again
+    assert plan(torch="system").kept_torch is None  # chosen, not found: the installation checks it
     p = plan(torch="auto", driver=None, present_torch={"error": "torch 1.13 is older than the 2.1 the plugin needs"})
     assert p.build == "cpu"
     with pytest.raises(deps.DepsError, match="older than any CUDA build"):
