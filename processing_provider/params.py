@@ -273,6 +273,11 @@ def optional_number(alg, parameters, name, context) -> Optional[float]:
     if raw is None or (isinstance(raw, str) and not raw.strip()) or (
             hasattr(raw, "isNull") and not hasattr(raw, "isActive") and raw.isNull()):
         return None
+    if isinstance(raw, str):  # parameterAsDouble would read text that is no number as 0, a value like any other
+        try:
+            float(raw)
+        except ValueError:
+            raise QgsProcessingException(f"{name}: '{raw}' is not a number.") from None
     return alg.parameterAsDouble(parameters, name, context)
 
 

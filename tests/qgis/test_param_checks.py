@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingModelAlgorithm,
+from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingModelAlgorithm,
                        QgsProcessingModelChildParameterSource, QgsProcessingModelOutput, QgsProcessingModelParameter,
                        QgsProcessingParameterRasterLayer)
 
@@ -166,3 +166,15 @@ def test_in_a_model_and_in_qgis_process_0_is_0_and_not_set_is_the_metadata(plugi
                          "PRETRAINED=false", "DN_OFFSET=0", f"OUTPUT={out}")
     assert r.returncode == 0, r.stderr
     assert _grid(out)[1] == 0
+
+
+def test_an_offset_that_is_no_number_is_refused(plugin, offset_rasters, tmp_path):
+    """Text that is no number was read as 0, which now has a meaning of its own (wins over the metadata)."""
+    import processing
+
+    _, stated, _ = offset_rasters
+    out = tmp_path / "grid_text.tif"
+    with pytest.raises(QgsProcessingException, match="DN_OFFSET: 'abc' is not a number"):
+        processing.run("thor:grid_from_raster", {"INPUT": stated, "MODEL_KEY": "thor_v1_tiny", "PRETRAINED": False,
+                                                 "DN_OFFSET": "abc", "OUTPUT": str(out)})
+    assert not out.exists()
